@@ -1,0 +1,280 @@
+"""One entry point that reads any supported log format into the same typed frame.
+
+Every reader returns the columns ``line`` (1-based position in the file, for error messages), ``user_id``,
+``item_id``, and ``timestamp`` (Int64) / ``rating`` (Float64) when the spec names them. Text formats are read
+with every column as a string and parsed here, so the schema is declared rather than guessed from the first
+rows, and a bad value is reported with its file and line instead of as a parser panic.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from pipelines.columns import FORMATS, ITEM_ID, LINE, RATING, TIMESTAMP, USER_ID
+from recsys.errors import InputError
+
+DEFAULT_SEPARATORS = {"csv": ",", "tsv": "\t"}
+_ID_COLUMNS = (USER_ID, ITEM_ID)
+_TEXT = "_text"  # a raw line of a text file
+
+
+@dataclass(frozen=True)
+class LogSpec:
+    """How to read one log file.
+
+    Args:
+        format: One of ``csv``, ``tsv``, ``parquet``, ``jsonl``, ``lightgcn``.
+        user_col: Column holding the raw user id.
+        item_col: Column holding the raw item id.
+        time_col: Optional column with the event time: epoch numbers or date-time strings.
+        rating_col: Optional column with a numeric rating.
+        separator: Field separator for csv/tsv; may be several characters (MovieLens ``::``).
+        has_header: Whether the first line of a csv/tsv holds the column names.
+        names: Column names for a header-less csv/tsv; ``column_1..n`` when not given.
+    """
+
+    format: str
+    user_col: str = USER_ID
+    item_col: str = ITEM_ID
+    time_col: str | None = None
+    rating_col: str | None = None
+    separator: str | None = None
+    has_header: bool = True
+    names: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            msg = f"unknown format {self.format!r}; expected one of {', '.join(FORMATS)}"
+            raise InputError(msg)
+        if self.format == "lightgcn" and (self.time_col or self.rating_col):
+            msg = "the lightgcn format has no time or rating column; drop --time-col/--rating-col"
+            raise InputError(msg)
+
+    @property
+    def field_separator(self) -> str:
+        """The separator actually used for csv/tsv."""
+        return self.separator or DEFAULT_SEPARATORS.get(self.format, ",")
+
+
+def read_log(path: Path, spec: LogSpec) -> pl.DataFrame:
+    """Read and type one log file.
+
+    Raises:
+        InputError: the file is missing or empty, a named column is absent, a line is malformed, or a
+            timestamp or rating cannot be parsed. The message names the file and, where it can, the line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        msg = f"{path}: no such file"
+        raise InputError(msg)
+    if path.stat().st_size == 0:
+        msg = f"{path}: the file is empty"
+        raise InputError(msg)
+    if spec.format == "lightgcn":
+        return _read_lightgcn(path)
+    raw = _scan_table(path, spec)
+    return _parse_table(path, spec, raw)
+
+
+def _scan_table(path: Path, spec: LogSpec) -> pl.LazyFrame:
+    """Lazy frame with ``line`` plus the spec's columns renamed to the canonical names, untyped."""
+    if spec.format == "parquet":
+        lf = pl.scan_parquet(path, row_index_name=LINE, row_index_offset=1)
+    elif spec.format == "jsonl":
+        lf = pl.scan_ndjson(path, row_index_name=LINE, row_index_offset=1, infer_schema_length=1000)
+    elif len(spec.field_separator) == 1:
+        lf = pl.scan_csv(
+            path,
+            separator=spec.field_separator,
+            has_header=spec.has_header,
+            new_columns=list(spec.names) if spec.names else None,
+            infer_schema=False,
+            row_index_name=LINE,
+            row_index_offset=2 if spec.has_header else 1,
+        )
+    else:
+        lf = _scan_multichar_separated(path, spec)
+    found = [c for c in _collect_schema(path, lf).names() if c != LINE]
+    wanted = {
+        USER_ID: spec.user_col,
+        ITEM_ID: spec.item_col,
+        TIMESTAMP: spec.time_col,
+        RATING: spec.rating_col,
+    }
+    for canonical, col in wanted.items():
+        if col is not None and col not in found:
+            option = {USER_ID: "--user-col", ITEM_ID: "--item-col", TIMESTAMP: "--time-col"}.get(
+                canonical, "--rating-col"
+            )
+            msg = f"{path}: column {col!r} ({option}) not found; columns found: {', '.join(found)}"
+            raise InputError(msg)
+    return lf.select(
+        pl.col(LINE).cast(pl.Int64), *(pl.col(col).alias(name) for name, col in wanted.items() if col)
+    )
+
+
+def _collect_schema(path: Path, lf: pl.LazyFrame) -> pl.Schema:
+    try:
+        return lf.collect_schema()
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise InputError(f"{path}: cannot read the file: {_first_line(exc)}") from exc
+
+
+def _scan_multichar_separated(path: Path, spec: LogSpec) -> pl.LazyFrame:
+    """Split lines on a separator polars' csv reader cannot take (it accepts one byte only)."""
+    sep = spec.field_separator
+    lines = pl.scan_lines(path, name=_TEXT, row_index_name=LINE, row_index_offset=1).filter(
+        pl.col(_TEXT).str.strip_chars() != ""
+    )
+    if spec.has_header:
+        first = lines.head(1).collect()
+        names = first[_TEXT][0].split(sep)
+        lines = lines.slice(1)
+    else:
+        width = lines.head(1).collect()[_TEXT].str.split(sep).list.len()[0]
+        names = list(spec.names) if spec.names else [f"column_{i + 1}" for i in range(width)]
+    fields = pl.col(_TEXT).str.split(sep)
+    bad = lines.filter(fields.list.len() != len(names)).head(1).collect()
+    if bad.height:
+        got = len(bad[_TEXT][0].split(sep))
+        msg = f"{path}, line {bad[LINE][0]}: expected {len(names)} fields separated by {sep!r}, found {got}"
+        raise InputError(msg)
+    return lines.select(
+        pl.col(LINE), *(fields.list.get(i).alias(name) for i, name in enumerate(names))
+    )
+
+
+def _parse_table(path: Path, spec: LogSpec, raw: pl.LazyFrame) -> pl.DataFrame:
+    schema = _collect_schema(path, raw)
+    typed = [pl.col(LINE)]
+    typed += [_id_expr(name, schema[name]) for name in _ID_COLUMNS]
+    checks: dict[str, tuple[pl.Expr, str]] = {}
+    if TIMESTAMP in schema:
+        typed.append(_timestamp_expr(schema[TIMESTAMP]).alias(TIMESTAMP))
+        expected = "epoch numbers or date-times like 2024-01-31 12:00:00"
+        checks[TIMESTAMP] = (_timestamp_expr(schema[TIMESTAMP]), expected)
+    if RATING in schema:
+        typed.append(pl.col(RATING).cast(pl.Float64, strict=False).alias(RATING))
+        checks[RATING] = (pl.col(RATING).cast(pl.Float64, strict=False), "a number")
+    flags = [(pl.col(c).is_not_null() & parsed.is_null()).alias(f"_bad_{c}") for c, (parsed, _) in checks.items()]
+    # Disabling projection pushdown makes the csv reader parse every field, so a line with too many
+    # fields raises instead of being silently truncated.
+    opts = pl.QueryOptFlags(projection_pushdown=False) if spec.format in ("csv", "tsv") else pl.QueryOptFlags()
+    try:
+        df = raw.select(*typed, *flags).collect(engine="streaming", optimizations=opts)
+    except pl.exceptions.PolarsError as exc:
+        raise InputError(_locate_parse_error(path, spec, exc)) from exc
+    for column, (parsed, expected) in checks.items():
+        if df[f"_bad_{column}"].any():
+            first = df.filter(pl.col(f"_bad_{column}")).head(1)[LINE][0]
+            value = raw.filter(pl.col(LINE) == first).select(column).collect()[column][0]
+            source = spec.time_col if column == TIMESTAMP else spec.rating_col
+            msg = f"{path}, line {first}: column {source!r} value {value!r} is not {expected}"
+            raise InputError(msg)
+    return df.drop([f"_bad_{c}" for c in checks])
+
+
+def parse_time(text: str | None, option: str) -> int | None:
+    """Parse a time given on the command line exactly as the time column is parsed (epoch or date-time)."""
+    if text is None:
+        return None
+    value = pl.DataFrame({TIMESTAMP: [text]}).select(_timestamp_expr(pl.String()))[TIMESTAMP][0]
+    if value is None:
+        msg = f"{option} {text!r} is not an epoch number or a date-time like 2024-01-31 12:00:00"
+        raise InputError(msg)
+    return int(value)
+
+
+def _id_expr(name: str, dtype: pl.DataType) -> pl.Expr:
+    """Integer ids stay Int64; anything else becomes a string id."""
+    if dtype.is_integer():
+        return pl.col(name).cast(pl.Int64)
+    return pl.col(name).cast(pl.String)
+
+
+def _timestamp_expr(dtype: pl.DataType) -> pl.Expr:
+    """Epoch numbers are kept as given (seconds, ms, ...); date-times become epoch seconds."""
+    col = pl.col(TIMESTAMP)
+    if dtype.is_integer() or dtype.is_float():
+        return col.cast(pl.Int64)
+    if dtype in (pl.Datetime, pl.Date):
+        return col.cast(pl.Datetime).dt.epoch("s")
+    text = col.cast(pl.String).str.strip_chars()
+    return pl.coalesce(
+        text.cast(pl.Int64, strict=False),
+        text.cast(pl.Float64, strict=False).cast(pl.Int64, strict=False),
+        text.str.to_datetime(strict=False).dt.epoch("s"),
+    )
+
+
+def _locate_parse_error(path: Path, spec: LogSpec, exc: Exception) -> str:
+    """Turn a polars parse failure into a message with a line number when one can be found cheaply."""
+    if spec.format in ("csv", "tsv"):
+        sep = spec.field_separator
+        lines = pl.scan_lines(path, name=_TEXT, row_index_name=LINE, row_index_offset=1)
+        expected = (
+            lines.head(1).collect()[_TEXT].str.count_matches(sep, literal=True)[0]
+            if spec.has_header
+            else None
+        )
+        if expected is not None:
+            # Quoted fields may hold the separator; only lines without quotes are judged.
+            bad = (
+                lines.filter(
+                    ~pl.col(_TEXT).str.contains('"', literal=True)
+                    & (pl.col(_TEXT).str.count_matches(sep, literal=True) > expected)
+                )
+                .head(1)
+                .collect()
+            )
+            if bad.height:
+                found = bad[_TEXT].str.count_matches(sep, literal=True)[0] + 1
+                return f"{path}, line {bad[LINE][0]}: expected {expected + 1} fields, found {found}"
+    if spec.format == "jsonl":
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    try:
+                        json.loads(line)
+                    except json.JSONDecodeError as err:
+                        return f"{path}, line {number}: invalid JSON ({err.msg})"
+    return f"{path}: cannot parse the file: {_first_line(exc)}"
+
+
+def _read_lightgcn(path: Path) -> pl.DataFrame:
+    """Read the LightGCN text format: one line per user, ``user item item ...`` separated by spaces."""
+    tokens = (
+        pl.scan_lines(path, name=_TEXT, row_index_name=LINE, row_index_offset=1)
+        .with_columns(pl.col(_TEXT).str.replace_all(r"\s+", " ").str.strip_chars().str.split(" "))
+        .filter(pl.col(_TEXT).list.first() != "")
+        .select(
+            pl.col(LINE).cast(pl.Int64),
+            pl.col(_TEXT).list.first().alias(USER_ID),
+            pl.col(_TEXT).list.slice(1).alias(ITEM_ID),
+        )
+        .explode(ITEM_ID)
+        .collect(engine="streaming")
+    )
+    typed = tokens.with_columns(pl.col(USER_ID, ITEM_ID).cast(pl.Int64, strict=False).name.suffix("_int"))
+    bad = typed.filter(
+        (pl.col(f"{USER_ID}_int").is_null())
+        | (pl.col(ITEM_ID).is_not_null() & pl.col(f"{ITEM_ID}_int").is_null())
+    ).head(1)
+    if bad.height:
+        row = bad.row(0, named=True)
+        value = row[USER_ID] if row[f"{USER_ID}_int"] is None else row[ITEM_ID]
+        msg = f"{path}, line {row[LINE]}: {value!r} is not an integer id (expected 'user item item ...')"
+        raise InputError(msg)
+    # A line holding only a user id is a user without interactions: nothing to keep.
+    return typed.filter(pl.col(ITEM_ID).is_not_null()).select(
+        LINE, pl.col(f"{USER_ID}_int").alias(USER_ID), pl.col(f"{ITEM_ID}_int").alias(ITEM_ID)
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

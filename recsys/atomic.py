@@ -1,0 +1,47 @@
+"""Write a directory so that readers see all of it or none of it."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from recsys.errors import InputError
+
+
+def check_writable(dest: Path, *, force: bool) -> None:
+    """Fail early, before any work, when ``dest`` exists and may not be replaced."""
+    if dest.exists() and not force:
+        msg = f"{dest} already exists; pass --force to replace it"
+        raise InputError(msg)
+    if dest.exists() and not dest.is_dir():
+        msg = f"{dest} exists and is not a directory"
+        raise InputError(msg)
+
+
+@contextmanager
+def atomic_directory(dest: Path, *, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of ``dest`` to fill; rename it to ``dest`` only if the block succeeds.
+
+    On any exception the temporary directory is removed and ``dest`` is left exactly as it was. With
+    ``force`` an existing ``dest`` is replaced: it is first renamed aside, so a crash between the two renames
+    loses nothing (the old copy stays next to it as ``.<name>.old-*``).
+    """
+    dest = Path(dest)
+    check_writable(dest, force=force)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if dest.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+        dest.rename(old / dest.name)
+    tmp.rename(dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,79 @@
+"""Read a dataset directory (contract 1) into index tensors; the only place ``recsys/`` touches it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import torch
+
+from recsys.errors import InputError
+
+SPLIT_NAMES = ("train", "valid", "test")
+_REQUIRED = ("train.parquet", "valid.parquet", "test.parquet", "users.parquet", "items.parquet", "meta.json")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Interactions of one dataset as ``(2, E)`` int64 index tensors ``[user_idx; item_idx]``.
+
+    Args:
+        num_users: Number of users; indices are ``0..num_users-1``.
+        num_items: Number of items; indices are ``0..num_items-1``.
+        train: Training interactions, shape ``(2, E_train)``.
+        valid: Validation interactions, shape ``(2, E_valid)``.
+        test: Test interactions, shape ``(2, E_test)``.
+        path: The directory it was read from.
+        meta: The parsed ``meta.json``.
+    """
+
+    num_users: int
+    num_items: int
+    train: torch.Tensor
+    valid: torch.Tensor
+    test: torch.Tensor
+    path: Path | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def split(self, name: str) -> torch.Tensor:
+        """The interactions of split ``name`` (``train``, ``valid`` or ``test``)."""
+        if name not in SPLIT_NAMES:
+            msg = f"unknown split {name!r}; expected one of {', '.join(SPLIT_NAMES)}"
+            raise ValueError(msg)
+        tensor: torch.Tensor = getattr(self, name)
+        return tensor
+
+
+def load_dataset(path: Path) -> Dataset:
+    """Load a dataset directory written by ``recsys ingest``.
+
+    Raises:
+        InputError: the directory or one of its files is missing or unreadable.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        msg = f"{path}: no such dataset directory (write one with `recsys ingest`)"
+        raise InputError(msg)
+    missing = [name for name in _REQUIRED if not (path / name).is_file()]
+    if missing:
+        msg = f"{path}: not a dataset directory, missing {', '.join(missing)}"
+        raise InputError(msg)
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        tensors = {
+            name: _edges(pl.read_parquet(path / f"{name}.parquet", columns=["user_idx", "item_idx"]))
+            for name in SPLIT_NAMES
+        }
+        num_users = pl.scan_parquet(path / "users.parquet").select(pl.len()).collect().item()
+        num_items = pl.scan_parquet(path / "items.parquet").select(pl.len()).collect().item()
+    except (OSError, ValueError, pl.exceptions.PolarsError) as exc:
+        msg = f"{path}: cannot read the dataset: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        raise InputError(msg) from exc
+    return Dataset(num_users=num_users, num_items=num_items, path=path, meta=meta, **tensors)
+
+
+def _edges(df: pl.DataFrame) -> torch.Tensor:
+    return torch.from_numpy(df.select("user_idx", "item_idx").to_numpy().T.copy()).to(torch.int64)

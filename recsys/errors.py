@@ -1,0 +1,9 @@
+"""The one exception type that means "the user gave bad input" rather than "the program has a bug"."""
+
+
+class InputError(ValueError):
+    """Bad user input: a missing file, a misnamed column, a malformed line, an impossible option.
+
+    The CLI prints it as a single line and exits non-zero without a traceback; anything else is a bug and
+    keeps its traceback. The message must name the file, row or field and say what was expected.
+    """
