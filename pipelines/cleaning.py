@@ -30,7 +30,9 @@ def dedupe_earliest(lf: pl.LazyFrame) -> pl.LazyFrame:
     return lf.group_by(USER_IDX, ITEM_IDX).agg(aggs).sort(USER_IDX, ITEM_IDX)
 
 
-def k_core(df: pl.DataFrame, min_user: int, min_item: int, *, max_rounds: int = 1000) -> tuple[pl.DataFrame, int]:
+def k_core(
+    df: pl.DataFrame, min_user: int, min_item: int, *, max_rounds: int = 1000
+) -> tuple[pl.DataFrame, int]:
     """Iteratively drop users with < ``min_user`` and items with < ``min_item`` interactions.
 
     Removing an item can push a user under the threshold and vice versa, so the filter repeats until a

@@ -201,7 +201,9 @@ def _split(df: pl.DataFrame, cfg: IngestConfig) -> splits.Splits:
     )
 
 
-def _restrict_to_train(parts: splits.Splits, num_users: int, num_items: int) -> tuple[splits.Splits, dict[str, int]]:
+def _restrict_to_train(
+    parts: splits.Splits, num_users: int, num_items: int
+) -> tuple[splits.Splits, dict[str, int]]:
     """Drop valid/test rows whose user or item never occurs in train (they cannot be scored)."""
     seen_users = np.zeros(num_users, dtype=bool)
     seen_items = np.zeros(num_items, dtype=bool)
@@ -214,7 +216,9 @@ def _restrict_to_train(parts: splits.Splits, num_users: int, num_items: int) -> 
         kept[name] = df.filter(pl.Series(mask))
         dropped[f"{name}_not_in_train"] = df.height - kept[name].height
         if dropped[f"{name}_not_in_train"]:
-            logger.info("dropped %s %s rows whose user or item is not in train", dropped[f"{name}_not_in_train"], name)
+            logger.info(
+                "dropped %s %s rows whose user or item is not in train", dropped[f"{name}_not_in_train"], name
+            )
     return splits.Splits(parts.train, kept["valid"], kept["test"]), dropped
 
 
@@ -272,4 +276,3 @@ def _meta(
         ],
         "elapsed_seconds": round(time.perf_counter() - start, 3),
     }
-

@@ -98,7 +98,7 @@ def _scan_table(path: Path, spec: LogSpec) -> pl.LazyFrame:
         )
     else:
         lf = _scan_multichar_separated(path, spec)
-    found = [c for c in _collect_schema(path, lf).names() if c != LINE]
+    found = [c for c in _collect_schema(path, spec, lf).names() if c != LINE]
     wanted = {
         USER_ID: spec.user_col,
         ITEM_ID: spec.item_col,
@@ -117,11 +117,11 @@ def _scan_table(path: Path, spec: LogSpec) -> pl.LazyFrame:
     )
 
 
-def _collect_schema(path: Path, lf: pl.LazyFrame) -> pl.Schema:
+def _collect_schema(path: Path, spec: LogSpec, lf: pl.LazyFrame) -> pl.Schema:
     try:
         return lf.collect_schema()
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise InputError(f"{path}: cannot read the file: {_first_line(exc)}") from exc
+        raise InputError(_locate_parse_error(path, spec, exc)) from exc
 
 
 def _scan_multichar_separated(path: Path, spec: LogSpec) -> pl.LazyFrame:
@@ -143,46 +143,52 @@ def _scan_multichar_separated(path: Path, spec: LogSpec) -> pl.LazyFrame:
         got = len(bad[_TEXT][0].split(sep))
         msg = f"{path}, line {bad[LINE][0]}: expected {len(names)} fields separated by {sep!r}, found {got}"
         raise InputError(msg)
-    return lines.select(
-        pl.col(LINE), *(fields.list.get(i).alias(name) for i, name in enumerate(names))
-    )
+    return lines.select(pl.col(LINE), *(fields.list.get(i).alias(name) for i, name in enumerate(names)))
 
 
 def _parse_table(path: Path, spec: LogSpec, raw: pl.LazyFrame) -> pl.DataFrame:
-    schema = _collect_schema(path, raw)
-    typed = [pl.col(LINE)]
-    typed += [_id_expr(name, schema[name]) for name in _ID_COLUMNS]
-    checks: dict[str, tuple[pl.Expr, str]] = {}
+    """Type the raw columns in one pass; flag values that do not parse and report the first one."""
+    schema = _collect_schema(path, spec, raw)
+    parsed: dict[str, pl.Expr] = {name: _id_expr(name, schema[name]) for name in _ID_COLUMNS}
+    expected = {TIMESTAMP: "epoch numbers or date-times like 2024-01-31 12:00:00", RATING: "a number"}
     if TIMESTAMP in schema:
-        typed.append(_timestamp_expr(schema[TIMESTAMP]).alias(TIMESTAMP))
-        expected = "epoch numbers or date-times like 2024-01-31 12:00:00"
-        checks[TIMESTAMP] = (_timestamp_expr(schema[TIMESTAMP]), expected)
+        sample = raw.select(TIMESTAMP).drop_nulls().head(1000).collect()[TIMESTAMP]
+        parsed[TIMESTAMP] = _timestamp_expr(schema[TIMESTAMP], sample)
     if RATING in schema:
-        typed.append(pl.col(RATING).cast(pl.Float64, strict=False).alias(RATING))
-        checks[RATING] = (pl.col(RATING).cast(pl.Float64, strict=False), "a number")
-    flags = [(pl.col(c).is_not_null() & parsed.is_null()).alias(f"_bad_{c}") for c, (parsed, _) in checks.items()]
+        parsed[RATING] = pl.col(RATING).cast(pl.Float64, strict=False)
+    checked = [c for c in (TIMESTAMP, RATING) if c in schema]
+    typed = (
+        raw.with_columns(expr.alias(f"_parsed_{c}") for c, expr in parsed.items())
+        .with_columns(
+            (pl.col(c).is_not_null() & pl.col(f"_parsed_{c}").is_null()).alias(f"_bad_{c}") for c in checked
+        )
+        .select(LINE, *(pl.col(f"_parsed_{c}").alias(c) for c in parsed), *(f"_bad_{c}" for c in checked))
+    )
     # Disabling projection pushdown makes the csv reader parse every field, so a line with too many
     # fields raises instead of being silently truncated.
-    opts = pl.QueryOptFlags(projection_pushdown=False) if spec.format in ("csv", "tsv") else pl.QueryOptFlags()
+    opts = (
+        pl.QueryOptFlags(projection_pushdown=False) if spec.format in ("csv", "tsv") else pl.QueryOptFlags()
+    )
     try:
-        df = raw.select(*typed, *flags).collect(engine="streaming", optimizations=opts)
+        df = typed.collect(engine="streaming", optimizations=opts)
     except pl.exceptions.PolarsError as exc:
         raise InputError(_locate_parse_error(path, spec, exc)) from exc
-    for column, (parsed, expected) in checks.items():
+    for column in checked:
         if df[f"_bad_{column}"].any():
             first = df.filter(pl.col(f"_bad_{column}")).head(1)[LINE][0]
             value = raw.filter(pl.col(LINE) == first).select(column).collect()[column][0]
             source = spec.time_col if column == TIMESTAMP else spec.rating_col
-            msg = f"{path}, line {first}: column {source!r} value {value!r} is not {expected}"
+            msg = f"{path}, line {first}: column {source!r} value {value!r} is not {expected[column]}"
             raise InputError(msg)
-    return df.drop([f"_bad_{c}" for c in checks])
+    return df.drop([f"_bad_{c}" for c in checked])
 
 
 def parse_time(text: str | None, option: str) -> int | None:
     """Parse a time given on the command line exactly as the time column is parsed (epoch or date-time)."""
     if text is None:
         return None
-    value = pl.DataFrame({TIMESTAMP: [text]}).select(_timestamp_expr(pl.String()))[TIMESTAMP][0]
+    sample = pl.Series(TIMESTAMP, [text])
+    value = sample.to_frame().select(_timestamp_expr(pl.String(), sample))[TIMESTAMP][0]
     if value is None:
         msg = f"{option} {text!r} is not an epoch number or a date-time like 2024-01-31 12:00:00"
         raise InputError(msg)
@@ -196,19 +202,32 @@ def _id_expr(name: str, dtype: pl.DataType) -> pl.Expr:
     return pl.col(name).cast(pl.String)
 
 
-def _timestamp_expr(dtype: pl.DataType) -> pl.Expr:
-    """Epoch numbers are kept as given (seconds, ms, ...); date-times become epoch seconds."""
+def _timestamp_expr(dtype: pl.DataType, sample: pl.Series) -> pl.Expr:
+    """Epoch numbers are kept as given (seconds, ms, ...); date-times become epoch seconds.
+
+    For text columns the kind of value (integer, decimal or date-time) is decided once from ``sample``, the
+    first non-null values: parsing every row every way would cost several times the whole read. A row of
+    another kind then fails to parse and is reported with its line.
+    """
     col = pl.col(TIMESTAMP)
     if dtype.is_integer() or dtype.is_float():
         return col.cast(pl.Int64)
     if dtype in (pl.Datetime, pl.Date):
         return col.cast(pl.Datetime).dt.epoch("s")
     text = col.cast(pl.String).str.strip_chars()
-    return pl.coalesce(
-        text.cast(pl.Int64, strict=False),
-        text.cast(pl.Float64, strict=False).cast(pl.Int64, strict=False),
-        text.str.to_datetime(strict=False).dt.epoch("s"),
-    )
+    parsers = {
+        "int": lambda e: e.cast(pl.Int64, strict=False),
+        "float": lambda e: e.cast(pl.Float64, strict=False).cast(pl.Int64, strict=False),
+        "datetime": lambda e: e.str.to_datetime(strict=False).dt.epoch("s"),
+    }
+    values = sample.cast(pl.String).str.strip_chars().to_frame(TIMESTAMP)
+    # The kind that parses most of the sample wins; ties go to the simplest kind (dict order).
+    parsed = {
+        kind: values.select(parse(col.cast(pl.String)).is_not_null().sum()).item()
+        for kind, parse in parsers.items()
+    }
+    best = max(parsers, key=lambda kind: parsed[kind])
+    return parsers[best](text)
 
 
 def _locate_parse_error(path: Path, spec: LogSpec, exc: Exception) -> str:

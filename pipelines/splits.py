@@ -43,7 +43,7 @@ def split_random(df: pl.DataFrame, valid_ratio: float, test_ratio: float, seed: 
 
 
 def split_temporal(df: pl.DataFrame, valid_n: int, test_n: int) -> Splits:
-    """Per-user leave-last-out: each user's last ``test_n`` events go to test, the ``valid_n`` before to valid.
+    """Per-user leave-last-out: a user's last ``test_n`` events go to test, the ``valid_n`` before to valid.
 
     Ties in time are broken by item index so the split does not depend on file order.
     """
@@ -135,7 +135,8 @@ def _assign_tail(ordered: pl.DataFrame, valid_n: pl.Expr, test_n: pl.Expr) -> pl
 
 def _to_splits(labelled: pl.DataFrame) -> Splits:
     parts = [
-        labelled.filter(pl.col(_PART) == p).drop(_PART).sort(USER_IDX, ITEM_IDX) for p in (_TRAIN, _VALID, _TEST)
+        labelled.filter(pl.col(_PART) == p).drop(_PART).sort(USER_IDX, ITEM_IDX)
+        for p in (_TRAIN, _VALID, _TEST)
     ]
     return Splits(*parts)
 

@@ -4,7 +4,7 @@ The generative story is a low-rank (topic) preference model with power-law popul
 
 * every item belongs to one of ``num_topics`` latent topics and has a Zipf popularity weight;
 * every user prefers a primary and a secondary topic and has a log-normal activity level;
-* an event picks the primary topic (60 %), the secondary one (25 %) or "anything popular" (15 %), then an
+* an event picks the primary topic (65 %), the secondary one (25 %) or "anything popular" (10 %), then an
   item by popularity within that choice.
 
 So most-popular is a fair baseline, but a model that learns each user's topics beats it clearly. Ids are
@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -113,14 +114,18 @@ class _World:
         sorted_topic = item_topic[self.order]
         sorted_weight = weight[self.order]
         totals = np.bincount(sorted_topic, weights=sorted_weight, minlength=topics)
-        cum = np.cumsum(sorted_weight) - np.repeat(np.cumsum(totals) - totals, np.bincount(sorted_topic, minlength=topics))
+        cum = np.cumsum(sorted_weight) - np.repeat(
+            np.cumsum(totals) - totals, np.bincount(sorted_topic, minlength=topics)
+        )
         self.topic_cdf = sorted_topic + cum / np.maximum(totals[sorted_topic], 1e-300)
         self.global_cdf = np.cumsum(weight) / weight.sum()
         self.item_topic = item_topic
         self.primary = rng.integers(topics, size=cfg.num_users)
         self.secondary = (self.primary + rng.integers(1, max(topics, 2), size=cfg.num_users)) % topics
         activity = rng.lognormal(0.0, 1.0, size=cfg.num_users)
-        self.counts = np.maximum(1, np.round(activity / activity.sum() * cfg.num_interactions)).astype(np.int64)
+        self.counts = np.maximum(1, np.round(activity / activity.sum() * cfg.num_interactions)).astype(
+            np.int64
+        )
         self.user_names = rng.permutation(cfg.num_users)
         self.item_names = rng.permutation(cfg.num_items)
         self.start = rng.integers(_START, _START + _SPAN // 2, size=cfg.num_users)
@@ -136,10 +141,12 @@ class _World:
         users = np.repeat(np.arange(lo, hi), self.counts[lo:hi])
         n = len(users)
         choice = rng.random(n)
-        topic = np.where(choice < 0.6, self.primary[users], self.secondary[users])
-        by_topic = self.order[np.minimum(np.searchsorted(self.topic_cdf, topic + rng.random(n)), len(self.order) - 1)]
+        topic = np.where(choice < 0.65, self.primary[users], self.secondary[users])
+        by_topic = self.order[
+            np.minimum(np.searchsorted(self.topic_cdf, topic + rng.random(n)), len(self.order) - 1)
+        ]
         popular = np.minimum(np.searchsorted(self.global_cdf, rng.random(n)), self.cfg.num_items - 1)
-        items = np.where(choice < 0.85, by_topic, popular)
+        items = np.where(choice < 0.9, by_topic, popular)
         affinity = 1.2 * (self.item_topic[items] == self.primary[users]) + 0.5 * (
             self.item_topic[items] == self.secondary[users]
         )
@@ -180,7 +187,7 @@ class _Writer:
     def __init__(self, path: Path, fmt: str) -> None:
         self.path, self.fmt = path, fmt
         self.first = True
-        self.parquet_writer = None
+        self.parquet_writer: Any = None  # pyarrow.parquet.ParquetWriter, created with the first chunk
 
     def __enter__(self) -> _Writer:
         self.handle = self.path.open("wb")

@@ -47,8 +47,12 @@ def _add_ingest(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         ),
     )
     src = p.add_argument_group("input")
-    src.add_argument("--format", required=True, choices=["csv", "tsv", "parquet", "jsonl", "lightgcn"],
-                     help="format of the input file(s); lightgcn is 'user item item ...' per line")
+    src.add_argument(
+        "--format",
+        required=True,
+        choices=["csv", "tsv", "parquet", "jsonl", "lightgcn"],
+        help="format of the input file(s); lightgcn is 'user item item ...' per line",
+    )
     src.add_argument("--input", type=Path, help="the log file (random, temporal and cutoff splits)")
     src.add_argument("--train", type=Path, help="training file of an existing split (--split preset)")
     src.add_argument("--test", type=Path, help="test file of an existing split (--split preset)")
@@ -56,22 +60,41 @@ def _add_ingest(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     src.add_argument("--item-col", default="item_id", help="column with the raw item id")
     src.add_argument("--time-col", help="column with the event time (epoch numbers or date-times)")
     src.add_argument("--rating-col", help="column with a numeric rating")
-    src.add_argument("--separator", help="csv/tsv field separator, several characters allowed "
-                     "(default ',' for csv, tab for tsv)")
+    src.add_argument(
+        "--separator",
+        help="csv/tsv field separator, several characters allowed (default ',' for csv, tab for tsv)",
+    )
     src.add_argument("--no-header", action="store_true", help="the csv/tsv has no header line")
-    src.add_argument("--names", type=_csv_names, help="comma-separated column names of a header-less csv/tsv "
-                     "(default column_1, column_2, ...)")
+    src.add_argument(
+        "--names",
+        type=_csv_names,
+        help="comma-separated column names of a header-less csv/tsv (default column_1, column_2, ...)",
+    )
     clean = p.add_argument_group("cleaning (threshold and k-core are off unless given)")
     clean.add_argument("--min-rating", type=float, help="keep rows with rating >= this value")
-    clean.add_argument("--min-user-interactions", type=int, default=1, help="k-core: minimum interactions per user")
-    clean.add_argument("--min-item-interactions", type=int, default=1, help="k-core: minimum interactions per item")
+    clean.add_argument(
+        "--min-user-interactions", type=int, default=1, help="k-core: minimum interactions per user"
+    )
+    clean.add_argument(
+        "--min-item-interactions", type=int, default=1, help="k-core: minimum interactions per item"
+    )
     split = p.add_argument_group("split")
-    split.add_argument("--split", default="random", choices=["random", "temporal", "cutoff", "preset"],
-                       help="random: per-user random shares; temporal: per-user last events; cutoff: global "
-                       "time cutoffs; preset: keep --train/--test, carve valid out of train")
-    split.add_argument("--valid-ratio", type=float, default=0.1, help="share per user for valid (random, preset, "
-                       "cutoff quantile)")
-    split.add_argument("--test-ratio", type=float, default=0.2, help="share per user for test (random, cutoff quantile)")
+    split.add_argument(
+        "--split",
+        default="random",
+        choices=["random", "temporal", "cutoff", "preset"],
+        help="random: per-user random shares; temporal: per-user last events; cutoff: global "
+        "time cutoffs; preset: keep --train/--test, carve valid out of train",
+    )
+    split.add_argument(
+        "--valid-ratio",
+        type=float,
+        default=0.1,
+        help="share per user for valid (random, preset, cutoff quantile)",
+    )
+    split.add_argument(
+        "--test-ratio", type=float, default=0.2, help="share per user for test (random, cutoff quantile)"
+    )
     split.add_argument("--valid-n", type=int, default=1, help="events per user for valid (temporal)")
     split.add_argument("--test-n", type=int, default=1, help="events per user for test (temporal)")
     split.add_argument("--valid-cutoff", help="time from which events are valid (cutoff); default: quantile")
@@ -139,7 +162,9 @@ def _add_generate(sub: argparse._SubParsersAction, common: argparse.ArgumentPars
         ),
     )
     p.add_argument("--out", type=Path, required=True, help="file to write")
-    p.add_argument("--format", default="csv", choices=["csv", "tsv", "parquet", "jsonl"], help="output format")
+    p.add_argument(
+        "--format", default="csv", choices=["csv", "tsv", "parquet", "jsonl"], help="output format"
+    )
     p.add_argument("--users", type=int, default=1000, help="number of users")
     p.add_argument("--items", type=int, default=800, help="number of items")
     p.add_argument("--interactions", type=int, default=30_000, help="approximate number of clean events")
@@ -167,6 +192,26 @@ def _run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_demo(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="run the whole job on the bundled sample log (the README's Quick start)",
+        formatter_class=_HelpFormatter,
+        description="Ingest the bundled sample log end to end and print what each stage produced.",
+    )
+    p.add_argument("--log", type=Path, default=Path("data/sample/interactions.csv"), help="sample log (CSV)")
+    p.add_argument("--workdir", type=Path, default=Path("out/demo"), help="where outputs are written")
+    p.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from recsys.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(log=args.log, workdir=args.workdir))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (exposed for tests and documentation)."""
     parser = argparse.ArgumentParser(
@@ -178,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="only print results and errors")
-    for add in (_add_ingest, _add_generate):
+    for add in (_add_ingest, _add_generate, _add_demo):
         add(sub, common)
     return parser
 

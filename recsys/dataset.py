@@ -70,7 +70,9 @@ def load_dataset(path: Path) -> Dataset:
         num_users = pl.scan_parquet(path / "users.parquet").select(pl.len()).collect().item()
         num_items = pl.scan_parquet(path / "items.parquet").select(pl.len()).collect().item()
     except (OSError, ValueError, pl.exceptions.PolarsError) as exc:
-        msg = f"{path}: cannot read the dataset: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        msg = (
+            f"{path}: cannot read the dataset: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        )
         raise InputError(msg) from exc
     return Dataset(num_users=num_users, num_items=num_items, path=path, meta=meta, **tensors)
 
