@@ -7,6 +7,7 @@ No logic lives here. Heavy imports (torch, Ray) happen inside the subcommand tha
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -192,6 +193,85 @@ def _run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+_HYPER_HELP = {
+    "embedding_dim": "embedding size d",
+    "num_layers": "propagation layers L",
+    "cl_weight": "λ, contrastive loss weight (default: SimGCL 0.5, XSimGCL 0.2)",
+    "noise_eps": "ε, noise magnitude (default: SimGCL 0.1, XSimGCL 0.2)",
+    "temperature": "τ of InfoNCE (default: SimGCL 0.2, XSimGCL 0.15)",
+    "cl_layer": "l*, the layer XSimGCL contrasts with the final embedding",
+    "reg_weight": "L2 regularisation weight",
+    "lr": "Adam learning rate",
+    "batch_size": "interactions per batch",
+    "epochs": "maximum epochs",
+    "eval_every": "evaluate every N epochs",
+    "patience": "stop after this many evaluations without improvement",
+    "metric": "model-selection metric",
+    "protocol": "honest: train on train, select on valid, test once; paper: train on train+valid, "
+    "best test epoch (as the authors)",
+    "seed": "seed of initialisation, sampling and noise",
+    "device": "auto (CUDA if available), cpu or cuda",
+    "threads": "CPU threads for torch (default: torch's choice)",
+}
+
+
+def _add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from recsys.config import MODEL_NAMES, TrainConfig
+
+    defaults = TrainConfig()
+    p = sub.add_parser(
+        "train",
+        parents=[common],
+        help="train mf / lightgcn / simgcl / xsimgcl on a dataset directory -> model artifact",
+        formatter_class=_HelpFormatter,
+        description=(
+            "Train a model on a dataset directory written by `recsys ingest` and write a model artifact\n"
+            "(config, weights, embeddings, id maps, seen items, metrics, log and curve plot).\n"
+            "Values come from the defaults (the authors' reference configuration), then --config FILE\n"
+            "(TOML, top-level keys named like the options below with underscores), then the flags.\n\n"
+            "example:\n"
+            "  recsys train --dataset out/gowalla --model xsimgcl --out models/xsimgcl --epochs 20"
+        ),
+    )
+    p.add_argument("--dataset", type=Path, required=True, help="dataset directory (from recsys ingest)")
+    p.add_argument("--out", type=Path, required=True, help="artifact directory to write")
+    p.add_argument(
+        "--model", choices=MODEL_NAMES, default=argparse.SUPPRESS, help=f"model to train (default: {defaults.model})"
+    )
+    p.add_argument("--config", type=Path, help="TOML file of hyperparameters; unknown keys are an error")
+    p.add_argument("--resume", action="store_true", help="continue a killed run from <out>.ckpt/")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    hyper = p.add_argument_group("hyperparameters (defaults: the authors' reference configuration)")
+    for name, text in _HYPER_HELP.items():
+        default = getattr(defaults, name)
+        kind = type(default) if default is not None else (int if name == "threads" else float)
+        shown = f"{text} (default: {default})" if default is not None else text
+        # SUPPRESS: an option not given stays absent, so the config file's value is not overwritten.
+        hyper.add_argument(
+            f"--{name.replace('_', '-')}", dest=name, type=kind, default=argparse.SUPPRESS, help=shown
+        )
+    p.set_defaults(handler=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from recsys.config import config_from_dict, load_config_file
+    from recsys.train import train_artifact
+
+    values = load_config_file(args.config) if args.config else {}
+    values.update({name: getattr(args, name) for name in (*_HYPER_HELP, "model") if hasattr(args, name)})
+    cfg = config_from_dict(values, source=str(args.config or "options"))
+    result = train_artifact(args.dataset, cfg, args.out, resume=args.resume, force=args.force, progress=not args.quiet)
+    metric = result.config.metric
+    ndcg = metric.replace("recall", "ndcg")
+    split = "test" if result.config.protocol == "paper" else "valid"
+    print(
+        f"trained {result.config.model} -> {args.out}: best epoch {result.best_epoch}/{len(result.history)}, "
+        f"{split} {metric} {result.selection[metric]:.4f}, test {metric} {result.test[metric]:.4f} "
+        f"{ndcg} {result.test.get(ndcg, float('nan')):.4f} ({result.config.protocol} protocol, {result.seconds:.0f} s)"
+    )
+    return 0
+
+
 def _add_demo(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "demo",
@@ -212,6 +292,107 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ks(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        msg = f"expected comma-separated positive integers, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if not ks or min(ks) <= 0:
+        msg = f"expected comma-separated positive integers, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return ks
+
+
+def _add_evaluate(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        parents=[common],
+        help="full-ranking offline metrics of a trained artifact (and the baselines) on valid or test",
+        formatter_class=_HelpFormatter,
+        description=(
+            "Score every item for every user with ground truth in --split, mask the items the user has in\n"
+            "the training data (train for valid; train + valid for test), and report Recall, NDCG,\n"
+            "Precision, Hit rate, MRR and coverage at each K, next to the most-popular and random\n"
+            "baselines. Prints a table and writes the metrics as JSON.\n\n"
+            "protocols:\n"
+            "  honest  model selected on valid, test reported once (default)\n"
+            "  paper   trained on train + valid, best test epoch reported, as SELFRec does (for comparing\n"
+            "          with published SimGCL/XSimGCL numbers only)\n\n"
+            "examples:\n"
+            "  recsys evaluate --artifact out/runs/simgcl --dataset out/gowalla --split test --k 10,20,50\n"
+            "  recsys evaluate --dataset out/gowalla            # baselines only"
+        ),
+    )
+    p.add_argument("--artifact", type=Path, help="artifact directory with embeddings.pt (omit: baselines)")
+    p.add_argument("--dataset", type=Path, required=True, help="dataset directory written by `recsys ingest`")
+    p.add_argument("--split", default="test", choices=["valid", "test"], help="split to evaluate")
+    p.add_argument("--k", type=_ks, default=(10, 20, 50), metavar="K,K,...", help="cut-offs of the metrics")
+    p.add_argument("--protocol", default="honest", choices=["honest", "paper"], help="evaluation protocol")
+    p.add_argument(
+        "--baselines",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="add the most-popular and random reference rows",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="JSON report to write (default <artifact>/eval_<split>.json; "
+        "without --artifact only the table is printed)",
+    )
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to score")
+    p.add_argument("--batch-size", type=int, help="users per scoring chunk (default: fit a 256 MiB buffer)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
+    p.set_defaults(handler=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from recsys.dataset import load_dataset
+    from recsys.evaluate import BASELINES, evaluate_split, format_report, load_embeddings, write_report
+
+    if args.batch_size is not None and args.batch_size <= 0:
+        msg = f"--batch-size needs a positive integer (got {args.batch_size})"
+        raise InputError(msg)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        msg = "--device cuda: no CUDA device is available"
+        raise InputError(msg)
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if not args.artifact and not args.baselines:
+        msg = "nothing to evaluate: give --artifact, or drop --no-baselines"
+        raise InputError(msg)
+    dataset = load_dataset(args.dataset)
+    user_emb = item_emb = None
+    if args.artifact is not None:
+        user_emb, item_emb = load_embeddings(
+            args.artifact, num_users=dataset.num_users, num_items=dataset.num_items, map_location=device
+        )
+    report = evaluate_split(
+        dataset,
+        user_emb,
+        item_emb,
+        split=args.split,
+        protocol=args.protocol,
+        ks=args.k,
+        baselines=BASELINES if args.baselines else (),
+        batch_size=args.batch_size,
+        device=device,
+        seed=args.seed,
+    )
+    if args.artifact is not None:
+        report = dataclasses.replace(report, artifact=str(args.artifact))
+    print(format_report(report))
+    out = args.out
+    if out is None and args.artifact is not None:
+        out = args.artifact / f"eval_{args.split}.json"
+    if out is not None:
+        write_report(report, out)
+        print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (exposed for tests and documentation)."""
     parser = argparse.ArgumentParser(
@@ -223,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="only print results and errors")
-    for add in (_add_ingest, _add_generate, _add_demo):
+    for add in (_add_ingest, _add_generate, _add_train, _add_evaluate, _add_demo):
         add(sub, common)
     return parser
 

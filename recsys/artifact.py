@@ -1,0 +1,250 @@
+"""The model artifact (contract 2): one self-contained directory that evaluation and serving load.
+
+Layout::
+
+    config.json      format version, model name, resolved config, dataset digest, counts, trained-at
+    model.pt         state_dict (tensors only: loads with torch.load(weights_only=True))
+    embeddings.pt    {"user": (U, d), "item": (I, d)} final embeddings used for scoring
+    users.parquet    user_idx <-> raw_id      (copied from the dataset)
+    items.parquet    item_idx <-> raw_id
+    seen.npz         training interactions as CSR (indptr, indices): items to exclude per user
+    metrics.json     protocol, selected epoch, selection and test metrics
+    log.jsonl        one JSON record per epoch
+    curve.png        training curves
+
+Written to a temporary sibling and renamed, so a reader sees a whole artifact or none. Nothing in it is
+pickled code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from torch import Tensor
+
+import recsys
+from recsys.atomic import atomic_directory
+from recsys.dataset import Dataset
+from recsys.errors import InputError
+
+ARTIFACT_FORMAT_VERSION = 1
+REQUIRED_FILES = (
+    "config.json",
+    "model.pt",
+    "embeddings.pt",
+    "users.parquet",
+    "items.parquet",
+    "seen.npz",
+    "metrics.json",
+)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A loaded artifact: everything serving and evaluation need, nothing else.
+
+    Args:
+        path: The directory.
+        config: Parsed ``config.json``.
+        metrics: Parsed ``metrics.json``.
+        user_emb: ``(num_users, d)`` float tensor.
+        item_emb: ``(num_items, d)`` float tensor.
+        users: ``user_idx``/``raw_id`` map.
+        items: ``item_idx``/``raw_id`` map.
+        seen_indptr: CSR row pointers of the training interactions, ``(num_users + 1,)``.
+        seen_indices: CSR item indices, ``(E,)``.
+    """
+
+    path: Path
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    user_emb: Tensor
+    item_emb: Tensor
+    users: pl.DataFrame
+    items: pl.DataFrame
+    seen_indptr: np.ndarray
+    seen_indices: np.ndarray
+
+    @property
+    def model_name(self) -> str:
+        """``mf``, ``lightgcn``, ``simgcl`` or ``xsimgcl``."""
+        return str(self.config["model"])
+
+    @property
+    def artifact_id(self) -> str:
+        """A short stable id of this artifact (digest of its config and embeddings files)."""
+        return str(self.config.get("artifact_id", ""))
+
+
+def write_artifact(
+    out: Path,
+    *,
+    dataset: Dataset,
+    config: dict[str, Any],
+    state_dict: dict[str, Tensor],
+    user_emb: Tensor,
+    item_emb: Tensor,
+    train_pairs: Tensor,
+    metrics: dict[str, Any],
+    history: list[dict[str, Any]],
+    force: bool = False,
+) -> Path:
+    """Write an artifact directory atomically (see the module docstring for its layout)."""
+    if dataset.path is None:
+        msg = "the dataset must come from a directory (its id maps are copied into the artifact)"
+        raise ValueError(msg)
+    with atomic_directory(out, force=force) as tmp:
+        torch.save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, tmp / "model.pt")
+        torch.save({"user": user_emb.detach().cpu().contiguous(), "item": item_emb.detach().cpu().contiguous()},
+                   tmp / "embeddings.pt")
+        shutil.copyfile(dataset.path / "users.parquet", tmp / "users.parquet")
+        shutil.copyfile(dataset.path / "items.parquet", tmp / "items.parquet")
+        indptr, indices = _csr(train_pairs, dataset.num_users)
+        np.savez(tmp / "seen.npz", indptr=indptr, indices=indices)
+        (tmp / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        digest = hashlib.sha256((tmp / "embeddings.pt").read_bytes()).hexdigest()[:12]
+        full_config = {
+            "format_version": ARTIFACT_FORMAT_VERSION,
+            "artifact_id": digest,
+            "model": config["model"],
+            "config": config,
+            "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "recsys_version": recsys.__version__,
+            "num_users": dataset.num_users,
+            "num_items": dataset.num_items,
+            "embedding_dim": int(user_emb.size(1)),
+            "num_train_interactions": int(train_pairs.size(1)),
+            "dataset": {
+                "path": str(dataset.path.resolve()),
+                "meta_sha256": hashlib.sha256((dataset.path / "meta.json").read_bytes()).hexdigest(),
+            },
+        }
+        (tmp / "config.json").write_text(json.dumps(full_config, indent=2) + "\n")
+        _plot(history, tmp / "curve.png")
+    return Path(out)
+
+
+def load_artifact(path: Path) -> Artifact:
+    """Load and validate an artifact directory.
+
+    Raises:
+        InputError: a file is missing, unreadable or inconsistent with the others (the message names it).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        msg = f"{path}: no such artifact directory (train one with `recsys train`)"
+        raise InputError(msg)
+    missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
+    if missing:
+        msg = f"{path}: not a complete artifact, missing {', '.join(missing)}"
+        raise InputError(msg)
+    config = _read_json(path / "config.json")
+    if config.get("format_version") != ARTIFACT_FORMAT_VERSION:
+        msg = (
+            f"{path / 'config.json'}: artifact format version {config.get('format_version')!r}, "
+            f"this recsys reads version {ARTIFACT_FORMAT_VERSION}"
+        )
+        raise InputError(msg)
+    metrics = _read_json(path / "metrics.json")
+    emb = _read_tensors(path / "embeddings.pt", ("user", "item"))
+    try:
+        users = pl.read_parquet(path / "users.parquet")
+        items = pl.read_parquet(path / "items.parquet")
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise InputError(f"{path}: cannot read the id maps: {_first_line(exc)}") from exc
+    try:
+        with np.load(path / "seen.npz", allow_pickle=False) as seen:
+            indptr, indices = seen["indptr"], seen["indices"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"{path / 'seen.npz'}: cannot read: {_first_line(exc)}") from exc
+    user_emb, item_emb = emb["user"], emb["item"]
+    problems = []
+    if user_emb.dim() != 2 or item_emb.dim() != 2 or user_emb.size(1) != item_emb.size(1):
+        problems.append(f"embedding shapes {tuple(user_emb.shape)} and {tuple(item_emb.shape)} do not match")
+    if user_emb.size(0) != users.height or user_emb.size(0) != config.get("num_users"):
+        problems.append(f"{user_emb.size(0)} user embeddings but {users.height} users in users.parquet")
+    if item_emb.size(0) != items.height or item_emb.size(0) != config.get("num_items"):
+        problems.append(f"{item_emb.size(0)} item embeddings but {items.height} items in items.parquet")
+    if len(indptr) != users.height + 1 or (len(indices) and int(indices.max()) >= items.height):
+        problems.append("seen.npz does not match the id maps")
+    if problems:
+        msg = f"{path}: inconsistent artifact: {'; '.join(problems)}"
+        raise InputError(msg)
+    return Artifact(path, config, metrics, user_emb.float(), item_emb.float(), users, items, indptr, indices)
+
+
+def load_state_dict(path: Path) -> dict[str, Tensor]:
+    """The model weights of an artifact (``weights_only``: no code is unpickled)."""
+    return _read_tensors(Path(path) / "model.pt", ())
+
+
+def _csr(pairs: Tensor, num_users: int) -> tuple[np.ndarray, np.ndarray]:
+    users, items = pairs[0].numpy(), pairs[1].numpy()
+    order = np.lexsort((items, users))
+    indptr = np.zeros(num_users + 1, dtype=np.int64)
+    np.cumsum(np.bincount(users, minlength=num_users), out=indptr[1:])
+    return indptr, items[order].astype(np.int64)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: not valid JSON: {_first_line(exc)}") from exc
+    if not isinstance(value, dict):
+        msg = f"{path}: expected a JSON object"
+        raise InputError(msg)
+    return value
+
+
+def _read_tensors(path: Path, keys: tuple[str, ...]) -> dict[str, Tensor]:
+    try:
+        value = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt file; all mean the same to a user
+        raise InputError(f"{path}: cannot load tensors: {_first_line(exc)}") from exc
+    if not isinstance(value, dict) or any(not isinstance(value.get(k), Tensor) for k in keys):
+        msg = f"{path}: expected a dict of tensors with keys {', '.join(keys)}"
+        raise InputError(msg)
+    return value
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _plot(history: list[dict[str, Any]], out: Path) -> None:
+    """Loss terms and the evaluated metrics per epoch, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for term in ("loss", "bpr", "cl"):
+        if any(r.get(term) for r in history):
+            left.plot(epochs, [r[term] for r in history], label=term, marker=".")
+    left.set(xlabel="epoch", ylabel="training loss", title="losses")
+    left.legend()
+    for split in ("valid", "test"):
+        points = [(r["epoch"], r[split]) for r in history if split in r]
+        for metric in ("recall@20", "ndcg@20"):
+            if points and metric in points[0][1]:
+                right.plot([e for e, _ in points], [m[metric] for _, m in points], label=f"{split} {metric}", marker=".")
+    right.set(xlabel="epoch", title="evaluation")
+    if right.lines:
+        right.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+    plt.close(fig)

@@ -1,0 +1,129 @@
+"""Training configuration: one frozen dataclass, parsed once at the edge (CLI flags or a TOML file)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from recsys.errors import InputError
+
+MODEL_NAMES = ("mf", "lightgcn", "simgcl", "xsimgcl")
+PROTOCOLS = ("honest", "paper")
+
+# The authors' reference configuration (SELFRec conf/SimGCL.yaml and conf/XSimGCL.yaml).
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "simgcl": {"cl_weight": 0.5, "noise_eps": 0.1, "temperature": 0.2},
+    "xsimgcl": {"cl_weight": 0.2, "noise_eps": 0.2, "temperature": 0.15},
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run. Written, resolved, into the artifact's ``config.json``.
+
+    Args:
+        model: ``mf``, ``lightgcn``, ``simgcl`` or ``xsimgcl``.
+        embedding_dim: Embedding size d.
+        num_layers: Propagation layers L (ignored by ``mf``).
+        cl_weight: λ, weight of the contrastive loss (SimGCL 0.5, XSimGCL 0.2 when unset).
+        noise_eps: ε, noise magnitude (SimGCL 0.1, XSimGCL 0.2 when unset).
+        temperature: τ of InfoNCE (SimGCL 0.2, XSimGCL 0.15 when unset).
+        cl_layer: l*, the layer XSimGCL contrasts with the final embedding.
+        reg_weight: Weight of the L2 regulariser.
+        lr: Adam learning rate.
+        batch_size: Interactions per batch.
+        epochs: Maximum epochs.
+        eval_every: Evaluate every this many epochs.
+        patience: Stop after this many evaluations without improvement of ``metric``.
+        metric: Model-selection metric, e.g. ``recall@20``.
+        protocol: ``honest`` (train on train, select on valid, report test once) or ``paper`` (train on
+            train ∪ valid, report the best test epoch, as the authors do).
+        seed: Seed of initialisation, sampling and noise.
+        device: ``auto``, ``cpu`` or ``cuda`` (``auto`` takes CUDA when available).
+        threads: CPU threads for torch (``None``: torch's default).
+    """
+
+    model: str = "xsimgcl"
+    embedding_dim: int = 64
+    num_layers: int = 2
+    cl_weight: float | None = None
+    noise_eps: float | None = None
+    temperature: float | None = None
+    cl_layer: int = 1
+    reg_weight: float = 1e-4
+    lr: float = 1e-3
+    batch_size: int = 2048
+    epochs: int = 50
+    eval_every: int = 1
+    patience: int = 5
+    metric: str = "recall@20"
+    protocol: str = "honest"
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.model not in MODEL_NAMES:
+            msg = f"unknown model {self.model!r}; expected one of {', '.join(MODEL_NAMES)}"
+            raise InputError(msg)
+        if self.protocol not in PROTOCOLS:
+            msg = f"unknown protocol {self.protocol!r}; expected one of {', '.join(PROTOCOLS)}"
+            raise InputError(msg)
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            msg = f"device must be auto, cpu or cuda, got {self.device!r}"
+            raise InputError(msg)
+        for name in ("embedding_dim", "num_layers", "batch_size", "epochs", "eval_every", "patience"):
+            if getattr(self, name) < 1:
+                msg = f"{name} must be >= 1, got {getattr(self, name)}"
+                raise InputError(msg)
+        if self.lr <= 0 or self.reg_weight < 0:
+            msg = f"lr must be > 0 and reg_weight >= 0, got {self.lr} and {self.reg_weight}"
+            raise InputError(msg)
+        if self.temperature is not None and self.temperature <= 0:
+            msg = f"temperature must be > 0, got {self.temperature}"
+            raise InputError(msg)
+        if self.model == "xsimgcl" and not 1 <= self.cl_layer <= self.num_layers:
+            msg = f"cl_layer must be in [1, num_layers={self.num_layers}], got {self.cl_layer}"
+            raise InputError(msg)
+
+    def resolved(self) -> TrainConfig:
+        """This config with the model's reference values filled in for unset λ, ε and τ."""
+        defaults = MODEL_DEFAULTS.get(self.model, {})
+        return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict."""
+        return asdict(self)
+
+
+def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
+    """Build a config from a mapping; an unknown key is an error (a typo must not be silently ignored)."""
+    _check_keys(values, source)
+    try:
+        return TrainConfig(**values)
+    except TypeError as exc:
+        raise InputError(f"{source}: {exc}") from exc
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read a TOML config file: top-level keys are :class:`TrainConfig` fields."""
+    path = Path(path)
+    if not path.is_file():
+        msg = f"{path}: no such config file"
+        raise InputError(msg)
+    try:
+        values = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{path}: invalid TOML: {exc}") from exc
+    _check_keys(values, str(path))
+    return values
+
+
+def _check_keys(values: dict[str, Any], source: str) -> None:
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        msg = f"{source}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
+        raise InputError(msg)

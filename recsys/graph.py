@@ -1,0 +1,111 @@
+"""The user-item bipartite graph and its propagation kernel (the one place either is defined).
+
+Node numbering: users are nodes ``0..num_users-1`` and item ``i`` is node ``num_users + i``.
+
+Why this propagation path: on a yelp-sized graph (2.47M non-zeros, d = 64, 3 layers, 2 threads) one
+forward + backward took ~2,350 ms with PyG ``LGConv`` over ``edge_index`` (scatter), ~455 ms with ``LGConv``
+over a torch CSR ``adj_t`` (autograd's sparse CSR backward is the slow part), and ~108 ms with a torch CSR
+matrix times ``X`` via ``torch.sparse.mm(A, X, reduce="sum")`` inside a small autograd function whose
+backward is again ``A @ grad``. That is valid because the normalised adjacency is symmetric
+(``d(AX)/dX`` applied to ``G`` is ``A^T G = A G``), and it needs no gradient for ``A`` itself. PyG still does
+what it is good at here: ``gcn_norm`` and ``to_torch_csr_tensor`` build the matrix. (torch-sparse,
+torch-scatter and pyg-lib have no wheels for this torch, so nothing depends on them.)
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch_geometric.nn.conv.gcn_conv import gcn_norm
+from torch_geometric.utils import to_torch_csr_tensor
+
+
+@dataclass(frozen=True)
+class BipartiteGraph:
+    """Symmetrically normalised user-item adjacency ``D^-1/2 A D^-1/2`` built from training edges only.
+
+    Args:
+        num_users: Number of users (nodes ``0..num_users-1``).
+        num_items: Number of items (nodes ``num_users..num_users+num_items-1``).
+        edge_index: Both directions of every training edge, shape ``(2, 2E)``.
+        edge_weight: ``1 / sqrt(deg(u) deg(i))`` per edge, shape ``(2E,)``.
+        adj: The same matrix as a torch CSR tensor of shape ``(N, N)``, ``N = num_users + num_items``.
+    """
+
+    num_users: int
+    num_items: int
+    edge_index: Tensor
+    edge_weight: Tensor
+    adj: Tensor
+
+    @property
+    def num_nodes(self) -> int:
+        """Users plus items."""
+        return self.num_users + self.num_items
+
+    def to(self, device: torch.device | str) -> BipartiteGraph:
+        """The same graph on ``device``."""
+        return BipartiteGraph(
+            self.num_users,
+            self.num_items,
+            self.edge_index.to(device),
+            self.edge_weight.to(device),
+            self.adj.to(device),
+        )
+
+
+def build_graph(train: Tensor, num_users: int, num_items: int) -> BipartiteGraph:
+    """Build the normalised bipartite graph from training interactions.
+
+    Args:
+        train: ``(2, E)`` int64 ``[user_idx; item_idx]`` training pairs (unique). Valid and test pairs must
+            never be passed here: their edges would leak the labels into propagation.
+        num_users: Number of users.
+        num_items: Number of items.
+
+    Returns:
+        The graph; isolated nodes get all-zero rows (their degree term is 0, not inf).
+    """
+    if train.dim() != 2 or train.size(0) != 2:
+        msg = f"train must have shape (2, E), got {tuple(train.shape)}"
+        raise ValueError(msg)
+    users, items = train[0], train[1] + num_users
+    edge_index = torch.stack([torch.cat([users, items]), torch.cat([items, users])])
+    num_nodes = num_users + num_items
+    edge_index, edge_weight = gcn_norm(edge_index, None, num_nodes, add_self_loops=False)
+    with warnings.catch_warnings():
+        # Sparse CSR support is marked beta; the operations used here (spmm with reduce="sum") are stable.
+        warnings.simplefilter("ignore", UserWarning)
+        adj = to_torch_csr_tensor(edge_index, edge_weight, size=(num_nodes, num_nodes))
+    return BipartiteGraph(num_users, num_items, edge_index, edge_weight, adj)
+
+
+class _SymmetricSpmm(torch.autograd.Function):
+    """``A @ X`` for a symmetric constant sparse ``A``; the backward is ``A @ grad``."""
+
+    @staticmethod
+    def forward(ctx: Any, adj: Tensor, x: Tensor) -> Tensor:
+        ctx.adj = adj
+        return torch.sparse.mm(adj, x, "sum")
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor]:
+        return None, torch.sparse.mm(ctx.adj, grad.contiguous(), "sum")
+
+
+def propagate(adj: Tensor, x: Tensor) -> Tensor:
+    """One LightGCN propagation step ``A X`` with the fast symmetric backward.
+
+    Args:
+        adj: Symmetric normalised adjacency (torch CSR), shape ``(N, N)``.
+        x: Node embeddings, shape ``(N, d)``.
+
+    Returns:
+        ``A X``, shape ``(N, d)``.
+    """
+    out: Tensor = _SymmetricSpmm.apply(adj, x)
+    return out

@@ -1,0 +1,81 @@
+"""What every model shares: the embedding tables, the output type, and the noise of SimGCL/XSimGCL."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Embeddings(NamedTuple):
+    """User and item embeddings, shapes ``(num_users, d)`` and ``(num_items, d)``."""
+
+    user: Tensor
+    item: Tensor
+
+
+class Views(NamedTuple):
+    """What a forward pass returns: the embeddings to score with, and the contrastive view (or ``None``).
+
+    Every model returns this same type, so the training loop never branches on a model's return arity.
+    """
+
+    final: Embeddings
+    cl: Embeddings | None = None
+
+
+class EmbeddingModel(nn.Module):
+    """Free user and item embedding tables, initialised as the reference implementations do (Xavier)."""
+
+    def __init__(self, num_users: int, num_items: int, embedding_dim: int = 64) -> None:
+        super().__init__()
+        if min(num_users, num_items, embedding_dim) < 1:
+            msg = f"num_users, num_items and embedding_dim must be >= 1, got {num_users}, {num_items}, {embedding_dim}"
+            raise ValueError(msg)
+        self.num_users, self.num_items, self.embedding_dim = num_users, num_items, embedding_dim
+        self.user_emb = nn.Parameter(torch.empty(num_users, embedding_dim))
+        self.item_emb = nn.Parameter(torch.empty(num_items, embedding_dim))
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Xavier-uniform initialisation of both tables (reproducible with a seeded ``generator``)."""
+        nn.init.xavier_uniform_(self.user_emb, generator=generator)
+        nn.init.xavier_uniform_(self.item_emb, generator=generator)
+
+    def ego(self) -> Tensor:
+        """Layer-0 node embeddings, users then items, shape ``(num_users + num_items, d)``."""
+        return torch.cat([self.user_emb, self.item_emb])
+
+    def split(self, nodes: Tensor) -> Embeddings:
+        """Cut node embeddings ``(N, d)`` back into users and items."""
+        user, item = torch.split(nodes, [self.num_users, self.num_items])
+        return Embeddings(user, item)
+
+    @torch.no_grad()
+    def get_embedding(self, adj: Tensor | None) -> Embeddings:
+        """The clean embeddings used for scoring (no noise, no gradient)."""
+        views: Views = self(adj)
+        return Embeddings(views.final.user.detach(), views.final.item.detach())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.num_users}, {self.num_items}, embedding_dim={self.embedding_dim})"
+
+
+def uniform_noise(x: Tensor, eps: float, generator: torch.Generator | None = None) -> Tensor:
+    """SimGCL's perturbation ``sign(x) * normalize(U(0, 1)) * eps``, row-wise.
+
+    Each row of the result has L2 norm ``eps`` and the sign pattern of ``x``, so the perturbed embedding
+    stays in the same hyperoctant (the noise rotates it by a bounded angle).
+
+    Args:
+        x: Embeddings, shape ``(N, d)``.
+        eps: The noise magnitude ε.
+        generator: Optional generator for reproducible noise.
+
+    Returns:
+        The noise, shape ``(N, d)`` (not added to ``x``; callers add it out of place).
+    """
+    noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return torch.sign(x) * F.normalize(noise, dim=-1) * eps

@@ -1,0 +1,110 @@
+"""LightGCN and the two noise-based contrastive models built on it, SimGCL and XSimGCL."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from recsys.graph import propagate
+from recsys.models.base import EmbeddingModel, Views, uniform_noise
+
+
+class LightGCN(EmbeddingModel):
+    r"""LightGCN (He et al., SIGIR 2020): the mean of layers ``0..L`` of parameter-free propagation.
+
+    .. math::
+        E^{(l+1)} = \hat A E^{(l)}, \qquad E = \frac{1}{L+1} \sum_{l=0}^{L} E^{(l)}
+
+    with :math:`\hat A = D^{-1/2} A D^{-1/2}` the normalised bipartite adjacency.
+
+    Args:
+        num_users: Number of users.
+        num_items: Number of items.
+        embedding_dim: Embedding size d.
+        num_layers: Propagation layers L.
+
+    Shapes:
+        forward: ``adj`` ``(N, N)`` CSR -> ``Views(final=Embeddings((U, d), (I, d)), cl=None)``.
+    """
+
+    def __init__(self, num_users: int, num_items: int, embedding_dim: int = 64, num_layers: int = 2) -> None:
+        super().__init__(num_users, num_items, embedding_dim)
+        if num_layers < 1:
+            msg = f"num_layers must be >= 1, got {num_layers}"
+            raise ValueError(msg)
+        self.num_layers = num_layers
+
+    def layers(self, adj: Tensor, noise_eps: float = 0.0, generator: torch.Generator | None = None) -> list[Tensor]:
+        """Node embeddings of layers ``0..L``; with ``noise_eps > 0`` each propagated layer is perturbed."""
+        out = [self.ego()]
+        for _ in range(self.num_layers):
+            x = propagate(adj, out[-1])
+            if noise_eps:
+                x = x + uniform_noise(x, noise_eps, generator)
+            out.append(x)
+        return out
+
+    def forward(self, adj: Tensor | None, *, perturbed: bool = False, generator: torch.Generator | None = None) -> Views:
+        """Mean of layers ``0..L`` (``perturbed`` is ignored: plain LightGCN has no noise)."""
+        assert adj is not None, "LightGCN needs the normalised adjacency"
+        return Views(self.split(torch.stack(self.layers(adj)).mean(0)))
+
+    def __repr__(self) -> str:
+        return f"{super().__repr__()[:-1]}, num_layers={self.num_layers})"
+
+
+class SimGCL(LightGCN):
+    r"""SimGCL (Yu et al., SIGIR 2022): LightGCN whose contrastive views add uniform noise at every layer.
+
+    Following the authors' code, the output is the mean of layers ``1..L`` (layer 0 excluded), clean for
+    the recommendation loss and perturbed (:math:`E^{(l)} + \mathrm{sign}(E^{(l)}) \odot \bar\Delta \epsilon`)
+    for each of the two contrastive views.
+
+    Args:
+        noise_eps: Noise magnitude ε (0.1 in the authors' configuration).
+    """
+
+    def __init__(
+        self, num_users: int, num_items: int, embedding_dim: int = 64, num_layers: int = 2, noise_eps: float = 0.1
+    ) -> None:
+        super().__init__(num_users, num_items, embedding_dim, num_layers)
+        self.noise_eps = noise_eps
+
+    def forward(self, adj: Tensor | None, *, perturbed: bool = False, generator: torch.Generator | None = None) -> Views:
+        """Mean of layers ``1..L``, perturbed when asked (one call = one view)."""
+        assert adj is not None, "SimGCL needs the normalised adjacency"
+        layers = self.layers(adj, self.noise_eps if perturbed else 0.0, generator)[1:]
+        return Views(self.split(torch.stack(layers).mean(0)))
+
+
+class XSimGCL(LightGCN):
+    r"""XSimGCL (Yu et al., TKDE 2023): one perturbed pass serves both the recommendation and the CL loss.
+
+    The final embedding (mean of perturbed layers ``1..L``) is contrasted with the perturbed layer
+    ``cl_layer`` (l*) of the same pass. Clean (``perturbed=False``) passes are for scoring.
+
+    Args:
+        noise_eps: Noise magnitude ε (0.2 in the authors' configuration).
+        cl_layer: The layer l* used as the contrastive view (1 in the authors' configuration).
+    """
+
+    def __init__(
+        self,
+        num_users: int,
+        num_items: int,
+        embedding_dim: int = 64,
+        num_layers: int = 2,
+        noise_eps: float = 0.2,
+        cl_layer: int = 1,
+    ) -> None:
+        super().__init__(num_users, num_items, embedding_dim, num_layers)
+        if not 1 <= cl_layer <= num_layers:
+            msg = f"cl_layer must be in [1, num_layers={num_layers}], got {cl_layer}"
+            raise ValueError(msg)
+        self.noise_eps, self.cl_layer = noise_eps, cl_layer
+
+    def forward(self, adj: Tensor | None, *, perturbed: bool = False, generator: torch.Generator | None = None) -> Views:
+        """``Views(final, cl)``; ``cl`` is layer l* of the same pass (perturbed iff ``perturbed``)."""
+        assert adj is not None, "XSimGCL needs the normalised adjacency"
+        layers = self.layers(adj, self.noise_eps if perturbed else 0.0, generator)
+        return Views(self.split(torch.stack(layers[1:]).mean(0)), self.split(layers[self.cl_layer]))

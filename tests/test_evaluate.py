@@ -1,0 +1,349 @@
+"""The chunked full-ranking evaluator, the baselines, the protocols, reports and ``recsys evaluate``."""
+
+import json
+
+import pytest
+import torch
+
+from pipelines import IngestConfig, ingest
+from pipelines.readers import LogSpec
+from recsys.cli import main
+from recsys.dataset import Dataset, load_dataset
+from recsys.errors import InputError
+from recsys.evaluate import (
+    EmbeddingScorer,
+    FunctionScorer,
+    PopularityScorer,
+    Protocol,
+    RandomScorer,
+    auto_batch_size,
+    evaluate_embeddings,
+    evaluate_split,
+    excluded_splits,
+    format_report,
+    full_ranking,
+    load_embeddings,
+    topk_items,
+    training_splits,
+    write_report,
+)
+from recsys.metrics import ranking_metrics
+
+NUM_USERS, NUM_ITEMS, DIM = 25, 40, 8
+
+
+def _pairs(mask: torch.Tensor) -> torch.Tensor:
+    return mask.nonzero().t().contiguous()
+
+
+@pytest.fixture
+def toy() -> dict[str, torch.Tensor]:
+    """Random embeddings and disjoint train/valid/test pairs; users 0-2 have no test items."""
+    g = torch.Generator().manual_seed(0)
+    split = torch.randint(0, 12, (NUM_USERS, NUM_ITEMS), generator=g)  # 0-2 train, 3 valid, 4 test
+    split[:3][split[:3] == 4] = 5
+    split[torch.arange(3, NUM_USERS), torch.arange(3, NUM_USERS)] = 4  # every other user has test items
+    return {
+        "user": torch.randn(NUM_USERS, DIM, generator=g),
+        "item": torch.randn(NUM_ITEMS, DIM, generator=g),
+        "train": _pairs(split <= 2),
+        "valid": _pairs(split == 3),
+        "test": _pairs(split == 4),
+    }
+
+
+def _naive_lists(scores: torch.Tensor, exclude: torch.Tensor, users: list[int], k: int) -> torch.Tensor:
+    """Top-k per user with a Python loop over users and items."""
+    seen: dict[int, set[int]] = {}
+    for u, i in exclude.t().tolist():
+        seen.setdefault(u, set()).add(i)
+    lists = []
+    for u in users:
+        ranked = sorted(range(scores.size(1)), key=lambda i: -float(scores[u, i]))
+        lists.append([i for i in ranked if i not in seen.get(u, set())][:k])
+    return torch.tensor(lists)
+
+
+def test_equals_naive_per_user_loop(toy) -> None:
+    exclude = torch.cat([toy["train"], toy["valid"]], dim=1)
+    users = torch.unique(toy["test"][0])
+    scores = toy["user"] @ toy["item"].t()
+    lists = _naive_lists(scores, exclude, users.tolist(), k=10)
+    remap = torch.full((NUM_USERS,), -1)
+    remap[users] = torch.arange(users.numel())
+    expected = ranking_metrics(
+        lists, torch.stack([remap[toy["test"][0]], toy["test"][1]]), [1, 5, 10], num_items=40
+    )
+    for batch_size in (1, 4, 1000):
+        result = evaluate_embeddings(
+            toy["user"], toy["item"], toy["test"], exclude=exclude, ks=[1, 5, 10], batch_size=batch_size
+        )
+        assert result.metrics == pytest.approx(expected, abs=1e-12)
+        assert (result.num_users, result.num_skipped) == (NUM_USERS - 3, 3)
+    top = topk_items(
+        EmbeddingScorer(toy["user"], toy["item"]), users, 10, num_users=25, num_items=40, exclude=exclude
+    )
+    assert torch.equal(top, lists)
+
+
+def test_masked_items_never_in_top_k(toy) -> None:
+    # Train items get the highest scores, so any leak in the masking would show up at the top.
+    boost = torch.zeros(NUM_USERS, NUM_ITEMS)
+    boost[toy["train"][0], toy["train"][1]] = 1e6
+    scorer = FunctionScorer(lambda users: boost[users] + torch.rand(users.numel(), NUM_ITEMS))
+    top = topk_items(
+        scorer, torch.arange(NUM_USERS), 20, num_users=25, num_items=40, exclude=toy["train"], batch_size=3
+    )
+    assert top.shape == (NUM_USERS, 20)
+    for u, i in toy["train"].t().tolist():
+        assert i not in top[u].tolist()
+    # Ground truth that is also excluded can never be hit.
+    result = full_ranking(scorer, toy["train"], num_users=25, num_items=40, exclude=toy["train"], ks=[5])
+    assert result.metrics["recall@5"] == 0.0
+
+
+def test_short_lists_are_padded() -> None:
+    user, item = torch.ones(2, 1), torch.tensor([[3.0], [2.0], [1.0]])
+    exclude = torch.tensor([[0, 0], [0, 2]])  # user 0 keeps only item 1
+    top = topk_items(
+        EmbeddingScorer(user, item), torch.arange(2), 5, num_users=2, num_items=3, exclude=exclude
+    )
+    assert top.tolist() == [[1, -1, -1, -1, -1], [0, 1, 2, -1, -1]]
+    result = evaluate_embeddings(user, item, torch.tensor([[0, 1], [1, 2]]), exclude=exclude, ks=[5])
+    assert result.metrics["recall@5"] == 1.0
+    assert result.metrics["precision@5"] == pytest.approx(1 / 5)
+    assert result.metrics["mrr@5"] == pytest.approx((1 + 1 / 3) / 2)
+    assert result.metrics["coverage@5"] == 1.0
+
+
+def test_users_without_ground_truth_are_skipped_and_counted(toy) -> None:
+    result = evaluate_embeddings(toy["user"], toy["item"], toy["test"][:, toy["test"][0] >= 20], ks=[5])
+    assert (result.num_users, result.num_skipped) == (5, 20)
+    only = evaluate_embeddings(
+        toy["user"][20:],
+        toy["item"],
+        toy["test"][:, toy["test"][0] >= 20] - torch.tensor([[20], [0]]),
+        ks=[5],
+    )
+    assert result.metrics == pytest.approx(only.metrics)
+
+
+def test_perfect_scores_give_one() -> None:
+    # User u likes exactly items 2u and 2u+1; the embeddings put them on top.
+    truth = torch.tensor([[0, 0, 1, 1, 2, 2], [0, 1, 2, 3, 4, 5]])
+    item = torch.eye(3).repeat_interleave(2, dim=0)  # items 2u, 2u+1 -> axis u
+    result = evaluate_embeddings(torch.eye(3), item, truth, ks=[2])
+    for name in ("recall", "ndcg", "precision", "hit", "mrr"):
+        assert result.metrics[f"{name}@2"] == pytest.approx(1.0)
+
+
+def test_popularity_scorer_ranks_by_train_count_with_index_ties() -> None:
+    train = torch.tensor([[0, 1, 2, 0, 1, 0], [3, 3, 3, 1, 1, 4]])  # counts: 3 -> 3, 1 -> 2, 4 -> 1
+    scorer = PopularityScorer(train, num_items=6)
+    top = topk_items(scorer, torch.arange(3), 6, num_users=3, num_items=6)
+    assert top[0].tolist() == [3, 1, 4, 0, 2, 5]
+    top = topk_items(scorer, torch.arange(3), 3, num_users=3, num_items=6, exclude=train)
+    assert top.tolist() == [[0, 2, 5], [4, 0, 2], [1, 4, 0]]
+
+
+def test_random_scorer_is_reproducible_and_near_chance(toy) -> None:
+    def run(seed: int) -> dict[str, float]:
+        return full_ranking(
+            RandomScorer(seed), toy["test"], num_users=25, num_items=40, ks=[10], batch_size=7
+        ).metrics
+
+    assert run(3) == run(3)
+    assert run(3) != run(4)
+    # Expected precision@10 of a random list is |R_u| / num_items on average.
+    big = torch.rand(400, 1000, generator=torch.Generator().manual_seed(1)) < 0.05
+    res = full_ranking(RandomScorer(0), _pairs(big), num_users=400, num_items=1000, ks=[50]).metrics
+    assert res["precision@50"] == pytest.approx(0.05, abs=0.01)
+
+
+def test_protocol_exclusion_rules() -> None:
+    assert excluded_splits("valid", "honest") == ("train",)
+    assert excluded_splits("test", Protocol.HONEST) == ("train", "valid")
+    assert excluded_splits("test", "paper") == ("train", "valid")
+    assert training_splits("honest") == ("train",)
+    assert training_splits("paper") == ("train", "valid")
+    with pytest.raises(InputError, match="paper"):
+        excluded_splits("valid", "paper")
+    with pytest.raises(InputError, match="split"):
+        excluded_splits("train")
+    with pytest.raises(InputError, match="protocol"):
+        excluded_splits("test", "optimistic")
+
+
+def _dataset(toy) -> Dataset:
+    return Dataset(NUM_USERS, NUM_ITEMS, toy["train"], toy["valid"], toy["test"])
+
+
+def test_evaluate_split_report(toy, tmp_path) -> None:
+    ds = _dataset(toy)
+    report = evaluate_split(ds, toy["user"], toy["item"], split="test", ks=[5, 10], batch_size=6)
+    direct = evaluate_embeddings(
+        toy["user"],
+        toy["item"],
+        toy["test"],
+        exclude=torch.cat([toy["train"], toy["valid"]], 1),
+        ks=[5, 10],
+        item_popularity=torch.bincount(toy["train"][1], minlength=NUM_ITEMS),
+    )
+    assert report.protocol is Protocol.HONEST
+    assert (report.split, report.ks, report.num_users, report.num_skipped) == ("test", (5, 10), 22, 3)
+    assert report.metrics == pytest.approx(direct.metrics)
+    assert [row.name for row in report.rows] == ["model", "most-popular", "random"]
+    assert report.excluded == ("train", "valid")
+
+    data = json.loads(write_report(report, tmp_path / "r.json").read_text())
+    assert data["protocol"] == "honest"
+    assert data["metrics"]["recall@10"] == pytest.approx(report.metrics["recall@10"])
+    assert set(data["baselines"]) == {"most-popular", "random"}
+    assert (data["num_users"], data["num_skipped"], data["ks"]) == (22, 3, [5, 10])
+
+    table = format_report(report)
+    assert table.splitlines()[0].startswith("protocol honest | split test")
+    assert "users evaluated 22 | skipped (no ground truth) 3" in table
+    assert "recall@10" in table and "coverage@5" in table
+    assert sum(line.startswith(("model ", "most-popular", "random")) for line in table.splitlines()) == 6
+
+
+def test_paper_protocol_uses_train_and_valid(toy) -> None:
+    ds = _dataset(toy)
+    honest = evaluate_split(ds, split="test", ks=[5], baselines=["most-popular"])
+    paper = evaluate_split(ds, split="test", protocol="paper", ks=[5], baselines=["most-popular"])
+    assert paper.protocol is Protocol.PAPER and paper.model is None
+    train_valid = torch.cat([toy["train"], toy["valid"]], 1)
+    expected = full_ranking(
+        PopularityScorer(train_valid, NUM_ITEMS),
+        toy["test"],
+        num_users=25,
+        num_items=40,
+        exclude=train_valid,
+        ks=[5],
+        item_popularity=torch.bincount(train_valid[1], minlength=NUM_ITEMS),
+    )
+    assert paper.baselines[0].metrics == pytest.approx(expected.metrics)
+    assert honest.baselines[0].metrics["popularity@5"] != paper.baselines[0].metrics["popularity@5"]
+    with pytest.raises(InputError, match="paper"):
+        evaluate_split(ds, split="valid", protocol="paper")
+
+
+def test_bad_inputs_raise(toy) -> None:
+    with pytest.raises(ValueError, match="ground_truth"):
+        evaluate_embeddings(toy["user"], toy["item"], torch.tensor([[0], [NUM_ITEMS]]))
+    with pytest.raises(ValueError, match="batch_size"):
+        evaluate_embeddings(toy["user"], toy["item"], toy["test"], batch_size=0)
+    with pytest.raises(ValueError, match="item_emb"):
+        EmbeddingScorer(toy["user"], toy["item"][:, :3])
+    with pytest.raises(InputError, match="rows"):
+        evaluate_split(_dataset(toy), toy["user"][:5], toy["item"])
+    with pytest.raises(InputError, match="baseline"):
+        evaluate_split(_dataset(toy), baselines=["oracle"])
+    assert auto_batch_size(40_981) == 1637
+    assert auto_batch_size(10) == 4096
+
+
+def test_load_embeddings(toy, tmp_path) -> None:
+    with pytest.raises(InputError, match="no such artifact"):
+        load_embeddings(tmp_path / "nope")
+    with pytest.raises(InputError, match="missing"):
+        load_embeddings(tmp_path)
+    (tmp_path / "embeddings.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="cannot read"):
+        load_embeddings(tmp_path)
+    torch.save({"users": toy["user"]}, tmp_path / "embeddings.pt")
+    with pytest.raises(InputError, match="'user' and 'item'"):
+        load_embeddings(tmp_path)
+    torch.save({"user": toy["user"], "item": toy["item"]}, tmp_path / "embeddings.pt")
+    with pytest.raises(InputError, match="dataset has 41 items"):
+        load_embeddings(tmp_path, num_users=NUM_USERS, num_items=41)
+    user, item = load_embeddings(tmp_path, num_users=NUM_USERS, num_items=NUM_ITEMS)
+    assert torch.equal(user, toy["user"]) and torch.equal(item, toy["item"])
+
+
+@pytest.mark.gpu
+def test_follows_the_embeddings_device(toy) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    cpu = evaluate_embeddings(toy["user"], toy["item"], toy["test"], exclude=toy["train"], ks=[5])
+    gpu = evaluate_embeddings(
+        toy["user"].cuda(), toy["item"].cuda(), toy["test"], exclude=toy["train"], ks=[5]
+    )
+    assert gpu.metrics == pytest.approx(cpu.metrics, abs=1e-6)
+
+
+LOG = "user_id,item_id\n" + "".join(f"u{u},i{(u * 7 + j * 3) % 23}\n" for u in range(30) for j in range(8))
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text(LOG)
+    out = tmp_path / "ds"
+    ingest(IngestConfig(out=out, spec=LogSpec("csv"), input=path, split="random", seed=0))
+    return out
+
+
+def test_cli_evaluate_artifact(tiny_dataset, tmp_path, capsys) -> None:
+    ds = load_dataset(tiny_dataset)
+    artifact = tmp_path / "run"
+    artifact.mkdir()
+    g = torch.Generator().manual_seed(0)
+    emb = {
+        "user": torch.randn(ds.num_users, 4, generator=g),
+        "item": torch.randn(ds.num_items, 4, generator=g),
+    }
+    torch.save(emb, artifact / "embeddings.pt")
+    code = main(
+        ["evaluate", "-q", "--artifact", str(artifact), "--dataset", str(tiny_dataset), "--k", "5,10"]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].startswith("protocol honest | split test (excluding train + valid)")
+    assert any(line.startswith("model ") for line in lines)
+    assert any(line.startswith("most-popular ") for line in lines)
+    assert f"wrote {artifact / 'eval_test.json'}" in out
+    data = json.loads((artifact / "eval_test.json").read_text())
+    assert data["protocol"] == "honest" and data["split"] == "test" and data["ks"] == [5, 10]
+    assert data["artifact"] == str(artifact)
+    assert data["num_users"] + data["num_skipped"] == ds.num_users
+    expected = evaluate_split(ds, emb["user"], emb["item"], ks=[5, 10], baselines=())
+    assert data["metrics"] == pytest.approx(expected.metrics)
+    assert f"{expected.metrics['recall@5']:.4f}" in out
+
+
+def test_cli_evaluate_baselines_only_and_errors(tiny_dataset, tmp_path, capsys) -> None:
+    out_file = tmp_path / "b.json"
+    assert (
+        main(
+            [
+                "evaluate",
+                "-q",
+                "--dataset",
+                str(tiny_dataset),
+                "--split",
+                "valid",
+                "--k",
+                "3",
+                "--out",
+                str(out_file),
+            ]
+        )
+        == 0
+    )
+    data = json.loads(out_file.read_text())
+    assert data["model"] is None and data["split"] == "valid" and data["excluded"] == ["train"]
+    capsys.readouterr()
+
+    code = main(["evaluate", "-q", "--artifact", str(tmp_path / "missing"), "--dataset", str(tiny_dataset)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("recsys evaluate: error: ") and "missing" in err
+
+    code = main(["evaluate", "-q", "--dataset", str(tiny_dataset), "--split", "valid", "--protocol", "paper"])
+    assert code == 1
+    assert "paper" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--dataset", str(tiny_dataset), "--k", "0,5"])

@@ -1,0 +1,109 @@
+import torch
+
+from recsys.config import TrainConfig
+from recsys.graph import build_graph
+from recsys.losses import bpr_loss, info_nce, l2_reg
+from recsys.models import MF, LightGCN, SimGCL, XSimGCL, build_model, uniform_noise
+from recsys.objectives import OBJECTIVES, Batch
+from recsys.sampling import NegativeSampler
+
+
+def small_graph():
+    train = torch.tensor([[0, 0, 1, 1, 2, 3], [0, 1, 1, 2, 3, 4]])
+    return build_graph(train, 4, 5)
+
+
+def test_noise_has_norm_eps_and_the_sign_of_the_embedding():
+    x = torch.randn(50, 16)
+    noise = uniform_noise(x, 0.2, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(noise.norm(dim=1), torch.full((50,), 0.2))
+    assert ((noise * x) >= 0).all()
+
+
+def test_repr_and_shapes():
+    g = small_graph()
+    for model in (MF(4, 5, 8), LightGCN(4, 5, 8, 2), SimGCL(4, 5, 8, 2), XSimGCL(4, 5, 8, 3, cl_layer=2)):
+        views = model(g.adj, perturbed=True)
+        assert views.final.user.shape == (4, 8) and views.final.item.shape == (5, 8)
+    assert str(LightGCN(4, 5, 8, 2)) == "LightGCN(4, 5, embedding_dim=8, num_layers=2)"
+
+
+def test_simgcl_excludes_layer_zero_and_perturbs_each_call():
+    g = small_graph()
+    model = SimGCL(4, 5, 8, num_layers=2, noise_eps=0.1)
+    layers = model.layers(g.adj)
+    clean = model(g.adj).final
+    torch.testing.assert_close(torch.cat([clean.user, clean.item]), (layers[1] + layers[2]) / 2)
+    a = model(g.adj, perturbed=True, generator=torch.Generator().manual_seed(1)).final
+    b = model(g.adj, perturbed=True, generator=torch.Generator().manual_seed(2)).final
+    assert not torch.allclose(a.user, b.user)
+
+
+def naive_info_nce(a, b, tau):
+    total = 0.0
+    for i in range(a.size(0)):
+        za = a[i] / a[i].norm()
+        logits = torch.stack([za @ (b[j] / b[j].norm()) / tau for j in range(b.size(0))])
+        total = total - torch.log_softmax(logits, 0)[i]
+    return total / a.size(0)
+
+
+def test_xsimgcl_objective_against_a_hand_computation():
+    g = small_graph()
+    cfg = TrainConfig(model="xsimgcl", embedding_dim=8, num_layers=2, cl_layer=1).resolved()
+    model = build_model(cfg, 4, 5)
+    batch = Batch(torch.tensor([0, 1, 1]), torch.tensor([0, 2, 1]), torch.tensor([3, 4, 0]))
+    losses = OBJECTIVES["xsimgcl"](model, g.adj, batch, cfg, torch.Generator().manual_seed(7))
+    # Recompute with the same noise: layer l = A layer(l-1) + noise_l.
+    gen = torch.Generator().manual_seed(7)
+    x0 = model.ego()
+    x1 = g.adj @ x0
+    x1 = x1 + uniform_noise(x1, 0.2, gen)
+    x2 = g.adj @ x1
+    x2 = x2 + uniform_noise(x2, 0.2, gen)
+    final = (x1 + x2) / 2
+    fu, fi, cu, ci = final[:4], final[4:], x1[:4], x1[4:]
+    u, p, n = fu[batch.users], fi[batch.pos], fi[batch.neg]
+    bpr = bpr_loss((u * p).sum(1), (u * n).sum(1))
+    cl = 0.2 * (naive_info_nce(fu[[0, 1]], cu[[0, 1]], 0.15) + naive_info_nce(fi[[0, 1, 2]], ci[[0, 1, 2]], 0.15))
+    reg = 1e-4 * l2_reg(u, p)
+    torch.testing.assert_close(losses.bpr, bpr)
+    torch.testing.assert_close(losses.cl, cl)
+    torch.testing.assert_close(losses.total, bpr + cl + reg)
+
+
+def test_simgcl_objective_against_a_hand_computation():
+    g = small_graph()
+    cfg = TrainConfig(model="simgcl", embedding_dim=8, num_layers=2).resolved()
+    model = build_model(cfg, 4, 5)
+    batch = Batch(torch.tensor([0, 2]), torch.tensor([1, 3]), torch.tensor([4, 0]))
+    losses = OBJECTIVES["simgcl"](model, g.adj, batch, cfg, torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+
+    def perturbed():
+        x = model.ego()
+        layers = []
+        for _ in range(2):
+            x = g.adj @ x
+            x = x + uniform_noise(x, 0.1, gen)
+            layers.append(x)
+        return (layers[0] + layers[1]) / 2
+
+    clean = (g.adj @ model.ego() + g.adj @ (g.adj @ model.ego())) / 2
+    a, b = perturbed(), perturbed()
+    u, p, n = clean[batch.users], clean[4 + batch.pos], clean[4 + batch.neg]
+    bpr = bpr_loss((u * p).sum(1), (u * n).sum(1))
+    cl = 0.5 * (naive_info_nce(a[[0, 2]], b[[0, 2]], 0.2) + naive_info_nce(a[[5, 7]], b[[5, 7]], 0.2))
+    torch.testing.assert_close(losses.bpr, bpr)
+    torch.testing.assert_close(losses.cl, cl)
+
+
+def test_negative_sampler_never_returns_a_positive():
+    # User 0 has 9 of 10 items: the one valid negative is item 9.
+    train = torch.tensor([[0] * 9 + [1, 1], list(range(9)) + [3, 4]])
+    sampler = NegativeSampler(train, num_items=10)
+    users = torch.tensor([0] * 500 + [1] * 500)
+    neg = sampler.sample(users, torch.Generator().manual_seed(0))
+    assert (neg[:500] == 9).all()
+    assert not sampler.is_positive(users, neg).any()
+    assert set(neg[500:].tolist()) == set(range(10)) - {3, 4}
