@@ -1,41 +1,49 @@
 """Full-ranking evaluation speed on the gowalla shapes, and the most-popular / random baselines on gowalla.
 
-Times ``recsys.evaluate.evaluate_embeddings`` on random 64-d embeddings of 29,858 users x 40,981 items,
-train interactions masked, K = 20, with ``torch.set_num_threads(2)``: median of several repeats, with the
-breakdown score (matmul) / mask / top-k / metrics, for a few variants (chunk size, and a matmul that
-allocates its result instead of writing into the preallocated buffer). The masked and ground-truth pairs
-are gowalla's train and test when /work/shared/data/gowalla exists (ingested into a temporary directory
-with the preset split), otherwise random pairs of the same sizes. It then evaluates the most-popular and
-random baselines on gowalla test (honest protocol: train and valid masked) and prints Recall@20/NDCG@20.
+Times ``recsys.evaluate.full_ranking`` on random 64-d embeddings of 29,858 users x 40,981 items, train
+interactions masked, K = 20, with ``torch.set_num_threads(2)``: median of several repeats, with the
+breakdown setup / score (the matmul) / mask / top-k / metrics, for a few variants (matmul backend and
+layout, top-k prefilter on or off, chunk size). The masked and ground-truth pairs are gowalla's train and
+test when /work/shared/data/gowalla exists (ingested into a temporary directory with the preset split),
+otherwise random pairs of the same sizes. It then evaluates the most-popular and random baselines on
+gowalla test (honest protocol: train and valid masked) and prints their Recall@20 / NDCG@20.
 
-Also reports how busy the machine was: CPU time used by other processes during the timed runs, in cores
-(from /proc/stat minus this process's own CPU time), since another job on a 2-core machine inflates
-every number here.
+It also reports how busy the machine was: the cores used by other processes during the timed runs
+(/proc/stat minus this process's own CPU time), since another job on a 2-core machine inflates every
+number here.
 
     python benchmarks/evaluate.py                      # 5 repeats, all variants, baselines
-    python benchmarks/evaluate.py --repeats 3 --no-baselines --variants auto
+    python benchmarks/evaluate.py --repeats 3 --variants auto,torch-nn --no-baselines
 
 Prints a table and writes benchmarks/results/evaluate.json.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
-import resource
-import statistics
-import tempfile
-import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
-import torch
+# As `recsys evaluate` does, before numpy loads OpenBLAS: idle BLAS threads sleep at once instead of spinning
+# ~0.1 s after each product and taking a core from torch's top-k. Set it to 28 (OpenBLAS's default) to see
+# the difference.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-from recsys.dataset import Dataset, load_dataset
-from recsys.evaluate import (
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import torch  # noqa: E402
+
+from recsys import evaluate  # noqa: E402
+from recsys.dataset import Dataset, load_dataset  # noqa: E402
+from recsys.evaluate import (  # noqa: E402
     EmbeddingScorer,
     FunctionScorer,
     Scorer,
@@ -48,10 +56,21 @@ RESULTS = Path(__file__).resolve().parent / "results"
 GOWALLA = Path("/work/shared/data/gowalla")
 NUM_USERS, NUM_ITEMS, NUM_TRAIN, NUM_TEST = 29_858, 40_981, 727_874, 217_242
 PHASES = ("setup", "score", "mask", "topk", "metrics")
+VARIANTS: dict[str, str] = {
+    "auto": "default: numpy/OpenBLAS matmul into the buffer (item (N,d) used transposed), block-max top-k",
+    "torch-nn": "torch.mm(out=buffer) (MKL) with a contiguous (d,N) item matrix, block-max top-k",
+    "numpy-nn": "numpy matmul with a contiguous (d,N) item matrix, block-max top-k",
+    "plain-topk": "default matmul, plain torch.topk over the full rows",
+    "alloc": "user[u] @ item.T allocated by torch per chunk, then copied into the buffer",
+    "b256": "default, batch 256",
+    "b512": "default, batch 512",
+    "b1024": "default, batch 1024",
+    "b4096": "default, batch 4096",
+}
 
 
 class _CpuMeter:
-    """CPU seconds used by other processes while the block runs (all cores, from /proc/stat)."""
+    """Wall time of the block and the CPU seconds other processes used meanwhile (all cores)."""
 
     def __enter__(self) -> _CpuMeter:
         self.wall = time.perf_counter()
@@ -66,12 +85,11 @@ class _CpuMeter:
     @staticmethod
     def _busy() -> float:
         try:
-            fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+            ticks = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
         except OSError:
             return 0.0
-        ticks = [int(x) for x in fields]
-        idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
-        return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+        idle = ticks[3] + ticks[4]  # idle + iowait
+        return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
 
     @staticmethod
     def _own() -> float:
@@ -106,34 +124,61 @@ def _random_pairs(count: int, generator: torch.Generator) -> torch.Tensor:
     return torch.stack([users, items])
 
 
-def _variants(user: torch.Tensor, item: torch.Tensor, names: list[str]) -> dict[str, tuple[Scorer, int]]:
+def _variant(name: str, user: torch.Tensor, item: torch.Tensor) -> tuple[Scorer, int]:
     auto = auto_batch_size(NUM_ITEMS)
-    item_t = item.t()  # a non-contiguous view: what `user @ item.T` does without the copy
+    if name.startswith("b") and name[1:].isdigit():
+        return EmbeddingScorer(user, item), int(name[1:])
+    if name == "torch-nn":
+        return EmbeddingScorer(user, item, backend="torch", layout="nn"), auto
+    if name == "numpy-nn":
+        return EmbeddingScorer(user, item, backend="numpy", layout="nn"), auto
+    if name == "alloc":
+        item_t = item.t()
+        return FunctionScorer(lambda users: user[users] @ item_t), auto
+    return EmbeddingScorer(user, item), auto
 
-    def alloc(users: torch.Tensor) -> torch.Tensor:
-        return user[users] @ item_t
 
-    table: dict[str, Callable[[], tuple[Scorer, int]]] = {
-        "auto": lambda: (EmbeddingScorer(user, item), auto),
-        "b256": lambda: (EmbeddingScorer(user, item), 256),
-        "b1024": lambda: (EmbeddingScorer(user, item), 1024),
-        "b4096": lambda: (EmbeddingScorer(user, item), 4096),
-        "alloc": lambda: (FunctionScorer(alloc), auto),
+@contextmanager
+def _plain_topk(enabled: bool) -> Iterator[None]:
+    """Switch off the block-max prefilter of ``topk_rows`` (a block wider than any row)."""
+    saved = evaluate.TOPK_BLOCK
+    if enabled:
+        evaluate.TOPK_BLOCK = 1 << 40
+    try:
+        yield
+    finally:
+        evaluate.TOPK_BLOCK = saved
+
+
+def _time_variant(
+    name: str, user: torch.Tensor, item: torch.Tensor, train: torch.Tensor, test: torch.Tensor, repeats: int
+) -> dict[str, Any]:
+    scorer, batch_size = _variant(name, user, item)
+    kwargs: dict[str, Any] = {
+        "num_users": NUM_USERS,
+        "num_items": NUM_ITEMS,
+        "exclude": train,
+        "ks": [20],
+        "batch_size": batch_size,
     }
-    unknown = sorted(set(names) - set(table))
-    if unknown:
-        msg = f"unknown variant(s) {unknown}; choose from {sorted(table)}"
-        raise SystemExit(msg)
-    return {name: table[name]() for name in names}
-
-
-DESCRIPTIONS = {
-    "auto": "mm(out=buffer), contiguous item^T, batch by 256 MiB budget",
-    "b256": "same, batch 256",
-    "b1024": "same, batch 1024",
-    "b4096": "same, batch 4096",
-    "alloc": "user[u] @ item.T allocated per chunk, copied into the buffer",
-}
+    runs = []
+    with _plain_topk(name == "plain-topk"):
+        full_ranking(scorer, test, **kwargs)  # warm-up: page in the buffer, start the thread pools
+        for _ in range(repeats):
+            timings: dict[str, float] = {}
+            with _CpuMeter() as meter:
+                res = full_ranking(scorer, test, timings=timings, **kwargs)
+            runs.append({"total": meter.wall, **timings, "others_cores": meter.others / meter.wall})
+    median = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+    print(f"{name}: {median['total']:.2f} s (runs {[round(r['total'], 2) for r in runs]})", flush=True)
+    return {
+        "variant": name,
+        "description": VARIANTS.get(name, f"default, batch {batch_size}"),
+        "batch_size": batch_size,
+        "median_s": {k: round(v, 3) for k, v in median.items()},
+        "runs_total_s": [round(r["total"], 3) for r in runs],
+        "recall@20": res.metrics["recall@20"],
+    }
 
 
 def main() -> None:
@@ -142,87 +187,59 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per variant (median reported)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    parser.add_argument("--variants", default="auto,b256,b1024,b4096,alloc", help="comma-separated")
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated, of {', '.join(VARIANTS)} or bNNN (batch NNN)",
+    )
     parser.add_argument("--dim", type=int, default=64, help="embedding dimension")
     parser.add_argument("--no-baselines", action="store_true", help="skip the gowalla baselines")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "recsys-bench-evaluate")
     opts = parser.parse_args()
+    names = opts.variants.split(",")
+    unknown = sorted(n for n in names if n not in VARIANTS and not (n[:1] == "b" and n[1:].isdigit()))
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     torch.set_num_threads(opts.threads)
 
     opts.workdir.mkdir(parents=True, exist_ok=True)
     dataset = _gowalla(opts.workdir)
     g = torch.Generator().manual_seed(0)
     if dataset is not None:
-        assert (dataset.num_users, dataset.num_items) == (NUM_USERS, NUM_ITEMS), "unexpected gowalla shape"
+        if (dataset.num_users, dataset.num_items) != (NUM_USERS, NUM_ITEMS):
+            parser.error(f"unexpected gowalla shape {dataset.num_users} x {dataset.num_items}")
         train, test, source = dataset.train, dataset.test, "gowalla train (masked) / test (ground truth)"
     else:
         train, test, source = _random_pairs(NUM_TRAIN, g), _random_pairs(NUM_TEST, g), "random pairs"
     user = torch.randn(NUM_USERS, opts.dim, generator=g)
     item = torch.randn(NUM_ITEMS, opts.dim, generator=g)
-    flop = 2 * NUM_USERS * NUM_ITEMS * opts.dim
+    gflop = 2 * NUM_USERS * NUM_ITEMS * opts.dim / 1e9
 
-    results: list[dict[str, Any]] = []
-    for name, (scorer, batch_size) in _variants(user, item, opts.variants.split(",")).items():
-        full_ranking(
-            scorer,
-            test,
-            num_users=NUM_USERS,
-            num_items=NUM_ITEMS,
-            exclude=train,
-            ks=[20],
-            batch_size=batch_size,
-        )  # warm-up: page in the buffer, load the kernels
-        runs = []
-        for _ in range(opts.repeats):
-            timings: dict[str, float] = {}
-            with _CpuMeter() as meter:
-                res = full_ranking(
-                    scorer,
-                    test,
-                    num_users=NUM_USERS,
-                    num_items=NUM_ITEMS,
-                    exclude=train,
-                    ks=[20],
-                    batch_size=batch_size,
-                    timings=timings,
-                )
-            runs.append({"total": meter.wall, **timings, "others_cores": meter.others / meter.wall})
-        median = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
-        results.append(
-            {
-                "variant": name,
-                "description": DESCRIPTIONS[name],
-                "batch_size": batch_size,
-                "median_s": {k: round(v, 3) for k, v in median.items()},
-                "runs_total_s": [round(r["total"], 3) for r in runs],
-                "matmul_gflops": round(flop / median["score"] / 1e9, 1),
-                "recall@20": res.metrics["recall@20"],
-            }
-        )
-        print(f"{name}: {median['total']:.2f} s (runs {[round(r['total'], 2) for r in runs]})", flush=True)
+    results = [_time_variant(name, user, item, train, test, opts.repeats) for name in names]
 
     baselines: dict[str, dict[str, float]] = {}
+    baseline_users = (0, 0)
     if dataset is not None and not opts.no_baselines:
         report = evaluate_split(dataset, split="test", protocol="honest", ks=[20])
         baselines = {row.name: {**row.metrics, "seconds": row.seconds} for row in report.baselines}
         baseline_users = (report.num_users, report.num_skipped)
 
     print(
-        f"\nfull-ranking evaluation, {NUM_USERS:,} users x {NUM_ITEMS:,} items, d={opts.dim}, K=20, "
-        f"{source}\ntorch {torch.__version__}, {opts.threads} threads, {os.cpu_count()} cores, "
-        f"median of {opts.repeats}; 'others' = cores used by other processes meanwhile"
+        f"\nfull-ranking evaluation, {NUM_USERS:,} users x {NUM_ITEMS:,} items, d={opts.dim}, K=20,\n"
+        f"{source}; torch {torch.__version__}, {opts.threads} threads, {os.cpu_count()} cores;\n"
+        f"median of {opts.repeats}, seconds; 'others' = cores used by other processes meanwhile"
     )
     print(
-        f"{'variant':<8}{'batch':>6}{'total s':>9}"
-        + "".join(f"{p:>9}" for p in PHASES)
-        + f"{'GFLOP/s':>9}{'others':>8}  description"
+        f"{'variant':<11}{'batch':>6}{'total':>8}"
+        + "".join(f"{p:>8}" for p in PHASES)
+        + f"{'GFLOP/s':>9}{'others':>8}"
     )
     for r in results:
         m = r["median_s"]
         print(
-            f"{r['variant']:<8}{r['batch_size']:>6}{m['total']:>9.2f}"
-            + "".join(f"{m[p]:>9.3f}" for p in PHASES)
-            + f"{r['matmul_gflops']:>9.1f}{m['others_cores']:>8.2f}  {r['description']}"
+            f"{r['variant']:<11}{r['batch_size']:>6}{m['total']:>8.2f}"
+            + "".join(f"{m[p]:>8.3f}" for p in PHASES)
+            + f"{gflop / m['score']:>9.1f}{m['others_cores']:>8.2f}"
         )
     if baselines:
         print(
@@ -238,12 +255,14 @@ def main() -> None:
         "shape": {"num_users": NUM_USERS, "num_items": NUM_ITEMS, "dim": opts.dim, "k": 20},
         "pairs": source,
         "threads": opts.threads,
+        "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "loadavg": os.getloadavg(),
+        "loadavg_after": os.getloadavg(),
         "repeats": opts.repeats,
+        "gflop": gflop,
         "results": results,
         "baselines_gowalla_test": baselines,
     }

@@ -104,8 +104,10 @@ def write_artifact(
         raise ValueError(msg)
     with atomic_directory(out, force=force) as tmp:
         torch.save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, tmp / "model.pt")
-        torch.save({"user": user_emb.detach().cpu().contiguous(), "item": item_emb.detach().cpu().contiguous()},
-                   tmp / "embeddings.pt")
+        torch.save(
+            {"user": user_emb.detach().cpu().contiguous(), "item": item_emb.detach().cpu().contiguous()},
+            tmp / "embeddings.pt",
+        )
         shutil.copyfile(dataset.path / "users.parquet", tmp / "users.parquet")
         shutil.copyfile(dataset.path / "items.parquet", tmp / "items.parquet")
         indptr, indices = _csr(train_pairs, dataset.num_users)
@@ -161,12 +163,14 @@ def load_artifact(path: Path) -> Artifact:
         users = pl.read_parquet(path / "users.parquet")
         items = pl.read_parquet(path / "items.parquet")
     except (OSError, pl.exceptions.PolarsError) as exc:
-        raise InputError(f"{path}: cannot read the id maps: {_first_line(exc)}") from exc
+        msg = f"{path}: cannot read the id maps: {_first_line(exc)}"
+        raise InputError(msg) from exc
     try:
         with np.load(path / "seen.npz", allow_pickle=False) as seen:
             indptr, indices = seen["indptr"], seen["indices"]
     except (OSError, ValueError, KeyError) as exc:
-        raise InputError(f"{path / 'seen.npz'}: cannot read: {_first_line(exc)}") from exc
+        msg = f"{path / 'seen.npz'}: cannot read: {_first_line(exc)}"
+        raise InputError(msg) from exc
     user_emb, item_emb = emb["user"], emb["item"]
     problems = []
     if user_emb.dim() != 2 or item_emb.dim() != 2 or user_emb.size(1) != item_emb.size(1):
@@ -200,7 +204,8 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         value = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON: {_first_line(exc)}") from exc
+        msg = f"{path}: not valid JSON: {_first_line(exc)}"
+        raise InputError(msg) from exc
     if not isinstance(value, dict):
         msg = f"{path}: expected a JSON object"
         raise InputError(msg)
@@ -211,7 +216,8 @@ def _read_tensors(path: Path, keys: tuple[str, ...]) -> dict[str, Tensor]:
     try:
         value = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt file; all mean the same to a user
-        raise InputError(f"{path}: cannot load tensors: {_first_line(exc)}") from exc
+        msg = f"{path}: cannot load tensors: {_first_line(exc)}"
+        raise InputError(msg) from exc
     if not isinstance(value, dict) or any(not isinstance(value.get(k), Tensor) for k in keys):
         msg = f"{path}: expected a dict of tensors with keys {', '.join(keys)}"
         raise InputError(msg)
@@ -241,7 +247,12 @@ def _plot(history: list[dict[str, Any]], out: Path) -> None:
         points = [(r["epoch"], r[split]) for r in history if split in r]
         for metric in ("recall@20", "ndcg@20"):
             if points and metric in points[0][1]:
-                right.plot([e for e, _ in points], [m[metric] for _, m in points], label=f"{split} {metric}", marker=".")
+                right.plot(
+                    [e for e, _ in points],
+                    [m[metric] for _, m in points],
+                    label=f"{split} {metric}",
+                    marker=".",
+                )
     right.set(xlabel="epoch", title="evaluation")
     if right.lines:
         right.legend()

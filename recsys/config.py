@@ -104,7 +104,8 @@ def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainCon
     try:
         return TrainConfig(**values)
     except TypeError as exc:
-        raise InputError(f"{source}: {exc}") from exc
+        msg = f"{source}: {exc}"
+        raise InputError(msg) from exc
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
@@ -116,7 +117,8 @@ def load_config_file(path: Path) -> dict[str, Any]:
     try:
         values = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{path}: invalid TOML: {exc}") from exc
+        msg = f"{path}: invalid TOML: {exc}"
+        raise InputError(msg) from exc
     _check_keys(values, str(path))
     return values
 

@@ -51,16 +51,26 @@ def _cl(view_a: Embeddings, view_b: Embeddings, batch: Batch, temperature: float
 
 
 def bpr_objective(
-    model: EmbeddingModel, adj: Tensor | None, batch: Batch, cfg: TrainConfig, generator: torch.Generator | None
+    model: EmbeddingModel,
+    adj: Tensor | None,
+    batch: Batch,
+    cfg: TrainConfig,
+    generator: torch.Generator | None,
 ) -> Losses:
     """MF and LightGCN: BPR on the output, L2 on the layer-0 embeddings of the batch."""
     bpr, *_ = _bpr(model(adj).final, batch)
-    reg = cfg.reg_weight * l2_reg(model.user_emb[batch.users], model.item_emb[batch.pos], model.item_emb[batch.neg])
+    reg = cfg.reg_weight * l2_reg(
+        model.user_emb[batch.users], model.item_emb[batch.pos], model.item_emb[batch.neg]
+    )
     return Losses(bpr + reg, bpr, torch.zeros_like(bpr), reg)
 
 
 def simgcl_objective(
-    model: EmbeddingModel, adj: Tensor | None, batch: Batch, cfg: TrainConfig, generator: torch.Generator | None
+    model: EmbeddingModel,
+    adj: Tensor | None,
+    batch: Batch,
+    cfg: TrainConfig,
+    generator: torch.Generator | None,
 ) -> Losses:
     """SimGCL: BPR on a clean pass, InfoNCE between two independently perturbed passes."""
     assert cfg.cl_weight is not None and cfg.temperature is not None, "resolve the config first"
@@ -73,7 +83,11 @@ def simgcl_objective(
 
 
 def xsimgcl_objective(
-    model: EmbeddingModel, adj: Tensor | None, batch: Batch, cfg: TrainConfig, generator: torch.Generator | None
+    model: EmbeddingModel,
+    adj: Tensor | None,
+    batch: Batch,
+    cfg: TrainConfig,
+    generator: torch.Generator | None,
 ) -> Losses:
     """XSimGCL: one perturbed pass; BPR on its output, InfoNCE between its output and layer l*."""
     assert cfg.cl_weight is not None and cfg.temperature is not None, "resolve the config first"

@@ -127,7 +127,7 @@ def fit(
     model = build_model(cfg, dataset.num_users, dataset.num_items)
     model.reset_parameters(torch.Generator().manual_seed(cfg.seed))
     model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)  # one kernel per step
     objective = OBJECTIVES[cfg.model]
     pairs = pairs.to(device)
     sampler = NegativeSampler(pairs, dataset.num_items).to(device)
@@ -140,8 +140,13 @@ def fit(
     state = _State()
     if resume:
         state = _load_checkpoint(checkpoint_dir, cfg, model, optimizer, sample_rng, noise_rng)
-        logger.info("resumed from epoch %d (best %s %.4f at epoch %d)", state.epoch, cfg.metric, state.best_value,
-                    state.best_epoch)
+        logger.info(
+            "resumed from epoch %d (best %s %.4f at epoch %d)",
+            state.epoch,
+            cfg.metric,
+            state.best_value,
+            state.best_epoch,
+        )
 
     while state.epoch < cfg.epochs and state.bad_evals < cfg.patience:
         epoch = state.epoch + 1
@@ -149,7 +154,9 @@ def fit(
         model.train()
         batches = epoch_batches(pairs, sampler, cfg.batch_size, sample_rng)
         sums = torch.zeros(len(LOSS_TERMS), device=device)
-        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=not progress, leave=False)
+        bar = tqdm(
+            batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=not progress, leave=False
+        )
         for step, batch in enumerate(bar, start=1):
             losses = objective(model, adj, batch, cfg, noise_rng)
             optimizer.zero_grad(set_to_none=True)
@@ -159,7 +166,9 @@ def fit(
             if progress and step % 25 == 0:  # .tolist() is a host sync: only now and then
                 bar.set_postfix(dict(zip(LOSS_TERMS, (sums / (step * cfg.batch_size)).tolist(), strict=True)))
         record: dict[str, Any] = {"epoch": epoch}
-        record.update({k: round(v, 6) for k, v in zip(LOSS_TERMS, (sums / pairs.size(1)).tolist(), strict=True)})
+        record.update(
+            {k: round(v, 6) for k, v in zip(LOSS_TERMS, (sums / pairs.size(1)).tolist(), strict=True)}
+        )
         record["train_seconds"] = round(time.perf_counter() - tic, 3)
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             metrics = _evaluate(model, adj, truth, exclude, ks)
@@ -179,8 +188,12 @@ def fit(
         if callback is not None:
             callback(record)
     if state.bad_evals >= cfg.patience:
-        logger.info("early stop after epoch %d: no %s improvement in %d evaluations", state.epoch, cfg.metric,
-                    cfg.patience)
+        logger.info(
+            "early stop after epoch %d: no %s improvement in %d evaluations",
+            state.epoch,
+            cfg.metric,
+            cfg.patience,
+        )
 
     model.load_state_dict(state.best_state)
     embeddings = model.get_embedding(adj)
@@ -217,7 +230,9 @@ def _protocol_data(dataset: Dataset, protocol: str) -> tuple[Tensor, str, Tensor
 
 
 @torch.no_grad()
-def _evaluate(model: EmbeddingModel, adj: Tensor | None, truth: Tensor, exclude: Tensor, ks: tuple[int, ...]) -> dict[str, float]:
+def _evaluate(
+    model: EmbeddingModel, adj: Tensor | None, truth: Tensor, exclude: Tensor, ks: tuple[int, ...]
+) -> dict[str, float]:
     model.eval()
     emb = model.get_embedding(adj)
     result = evaluate_embeddings(emb.user, emb.item, truth, exclude=exclude, ks=ks)
@@ -225,7 +240,8 @@ def _evaluate(model: EmbeddingModel, adj: Tensor | None, truth: Tensor, exclude:
 
 
 def _describe(record: dict[str, Any], split: str, metric: str) -> str:
-    text = f"epoch {record['epoch']:>3}  loss {record['loss']:.4f} (bpr {record['bpr']:.4f} cl {record['cl']:.4f})"
+    text = f"epoch {record['epoch']:>3}  loss {record['loss']:.4f}"
+    text += f" (bpr {record['bpr']:.4f} cl {record['cl']:.4f})"
     if split in record:
         ndcg = metric.replace("recall", "ndcg")
         text += f"  {split} {metric} {record[split][metric]:.4f}"
@@ -284,14 +300,15 @@ def _load_checkpoint(
     sample_rng: torch.Generator,
     noise_rng: torch.Generator,
 ) -> _State:
-    path = (directory or Path(".")) / CHECKPOINT_FILE
-    if directory is None or not path.is_file():
-        msg = f"--resume: no checkpoint at {path}"
+    if directory is None or not (directory / CHECKPOINT_FILE).is_file():
+        msg = f"--resume: no checkpoint at {directory}/{CHECKPOINT_FILE}"
         raise InputError(msg)
+    path = directory / CHECKPOINT_FILE
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise InputError(f"--resume: cannot read {path}: {exc}") from exc
+        msg = f"--resume: cannot read {path}: {exc}"
+        raise InputError(msg) from exc
     if payload["config"] != cfg.to_dict():
         changed = sorted(k for k, v in cfg.to_dict().items() if payload["config"].get(k) != v)
         msg = f"--resume: the checkpoint at {path} was made with a different config ({', '.join(changed)})"
@@ -311,7 +328,13 @@ def _load_checkpoint(
 
 
 def train_artifact(
-    dataset_dir: Path, cfg: TrainConfig, out: Path, *, resume: bool = False, force: bool = False, progress: bool = True
+    dataset_dir: Path,
+    cfg: TrainConfig,
+    out: Path,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
 ) -> TrainResult:
     """Load a dataset, train, and write the artifact to ``out`` (what ``recsys train`` runs).
 

@@ -1,6 +1,7 @@
 """The chunked full-ranking evaluator, the baselines, the protocols, reports and ``recsys evaluate``."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -24,6 +25,7 @@ from recsys.evaluate import (
     full_ranking,
     load_embeddings,
     topk_items,
+    topk_rows,
     training_splits,
     write_report,
 )
@@ -347,3 +349,53 @@ def test_cli_evaluate_baselines_only_and_errors(tiny_dataset, tmp_path, capsys) 
     assert "paper" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["evaluate", "--dataset", str(tiny_dataset), "--k", "0,5"])
+
+
+def test_topk_rows_prefilter_equals_torch_topk() -> None:
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(60, 2021, generator=g)  # 63 blocks of 32 and a ragged tail of 5
+    scores[scores < -1.0] = -math.inf
+    scores[0, :2000] = -math.inf  # fewer finite scores than k
+    scores[1, -5:] = 100.0 + torch.arange(5.0)  # the best items sit in the tail
+    for k in (1, 10, 15):
+        values, index = topk_rows(scores, k)
+        ref_values, ref_index = torch.topk(scores, k, dim=1, sorted=True)
+        assert torch.equal(values, ref_values)
+        finite = ref_values > -math.inf  # -inf ties may be returned in any order
+        assert torch.equal(index[finite], ref_index[finite])
+        assert torch.equal(scores.gather(1, index), values)
+    ties = torch.randint(0, 4, (30, 2000), generator=g).float()  # many equal scores: any tied item will do
+    values, index = topk_rows(ties, 12)
+    assert torch.equal(values, torch.topk(ties, 12, dim=1).values)
+    assert torch.equal(ties.gather(1, index), values)
+    assert all(row.unique().numel() == 12 for row in index)
+
+
+def test_numpy_and_torch_backends_agree(toy) -> None:
+    fast = EmbeddingScorer(toy["user"], toy["item"])
+    assert (fast.backend, fast.layout) == ("numpy", "nt")
+    slow = EmbeddingScorer(toy["user"], toy["item"], backend="torch", layout="nn")
+    users = torch.tensor([4, 0, 7])
+    a, b = torch.empty(3, NUM_ITEMS), torch.empty(3, NUM_ITEMS)
+    fast(users, a)
+    slow(users, b)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a, toy["user"][users] @ toy["item"].t())
+    with pytest.raises(ValueError, match="numpy"):
+        EmbeddingScorer(toy["user"].half(), toy["item"].half(), backend="numpy")
+
+
+def test_equals_naive_loop_with_the_topk_prefilter() -> None:
+    # 1,500 items: 46 blocks of 32 >= 4 * K, so the block-max prefilter of topk_rows is on.
+    g = torch.Generator().manual_seed(2)
+    user, item = torch.randn(30, 16, generator=g), torch.randn(1500, 16, generator=g)
+    state = torch.randint(0, 20, (30, 1500), generator=g)
+    train, test = _pairs(state == 0), _pairs(state == 1)
+    lists = _naive_lists(user @ item.t(), train, list(range(30)), k=10)
+    expected = ranking_metrics(lists, test, [5, 10], num_items=1500)
+    result = evaluate_embeddings(user, item, test, exclude=train, ks=[5, 10], batch_size=7)
+    assert result.metrics == pytest.approx(expected, abs=1e-12)
+    top = topk_items(
+        EmbeddingScorer(user, item), torch.arange(30), 10, num_users=30, num_items=1500, exclude=train
+    )
+    assert torch.equal(top, lists)

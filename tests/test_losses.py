@@ -7,7 +7,10 @@ from recsys.losses import bpr_loss, info_nce, l2_reg
 
 def test_bpr_loss_against_a_loop():
     pos, neg = torch.tensor([2.0, -1.0, 0.5, 30.0]), torch.tensor([1.0, 0.0, 0.5, -30.0])
-    expected = sum(-math.log(1 / (1 + math.exp(-(p - n)))) for p, n in zip(pos.tolist(), neg.tolist(), strict=True)) / 4
+    expected = (
+        sum(-math.log(1 / (1 + math.exp(-(p - n)))) for p, n in zip(pos.tolist(), neg.tolist(), strict=True))
+        / 4
+    )
     assert abs(bpr_loss(pos, neg).item() - expected) < 1e-6
     # Stable far in the tails, where log(sigmoid(x) + eps) would saturate.
     big = bpr_loss(torch.tensor([-100.0]), torch.tensor([0.0]))
@@ -36,5 +39,8 @@ def test_info_nce_gradient_is_finite_and_identical_views_score_low():
 
 def test_l2_reg_against_a_loop():
     x, y = torch.randn(4, 3), torch.randn(2, 3)
-    expected = math.sqrt(sum(v * v for v in x.flatten().tolist())) / 4 + math.sqrt(sum(v * v for v in y.flatten().tolist())) / 2
+    expected = (
+        math.sqrt(sum(v * v for v in x.flatten().tolist())) / 4
+        + math.sqrt(sum(v * v for v in y.flatten().tolist())) / 2
+    )
     assert abs(l2_reg(x, y).item() - expected) < 1e-5

@@ -2,7 +2,7 @@ import torch
 
 from recsys.config import TrainConfig
 from recsys.graph import build_graph
-from recsys.losses import bpr_loss, info_nce, l2_reg
+from recsys.losses import bpr_loss, l2_reg
 from recsys.models import MF, LightGCN, SimGCL, XSimGCL, build_model, uniform_noise
 from recsys.objectives import OBJECTIVES, Batch
 from recsys.sampling import NegativeSampler
@@ -65,7 +65,9 @@ def test_xsimgcl_objective_against_a_hand_computation():
     fu, fi, cu, ci = final[:4], final[4:], x1[:4], x1[4:]
     u, p, n = fu[batch.users], fi[batch.pos], fi[batch.neg]
     bpr = bpr_loss((u * p).sum(1), (u * n).sum(1))
-    cl = 0.2 * (naive_info_nce(fu[[0, 1]], cu[[0, 1]], 0.15) + naive_info_nce(fi[[0, 1, 2]], ci[[0, 1, 2]], 0.15))
+    cl = 0.2 * (
+        naive_info_nce(fu[[0, 1]], cu[[0, 1]], 0.15) + naive_info_nce(fi[[0, 1, 2]], ci[[0, 1, 2]], 0.15)
+    )
     reg = 1e-4 * l2_reg(u, p)
     torch.testing.assert_close(losses.bpr, bpr)
     torch.testing.assert_close(losses.cl, cl)

@@ -38,7 +38,14 @@ def test_each_model_ranks_the_withheld_item_first(model):
     """
     data = two_communities()
     cfg = TrainConfig(
-        model=model, embedding_dim=16, lr=0.01, batch_size=32, epochs=60, patience=60, metric="ndcg@20", seed=0
+        model=model,
+        embedding_dim=16,
+        lr=0.01,
+        batch_size=32,
+        epochs=60,
+        patience=60,
+        metric="ndcg@20",
+        seed=0,
     )
     result = fit(data, cfg, progress=False)
     emb = result.embeddings
@@ -80,7 +87,13 @@ def test_resume_ends_exactly_as_an_uninterrupted_run(dataset_dir, tmp_path):
     strip = [{k: v for k, v in r.items() if "seconds" not in k} for r in full.history]
     assert strip == [{k: v for k, v in r.items() if "seconds" not in k} for r in resumed.history]
     with pytest.raises(InputError, match="different config"):
-        fit(data, TrainConfig(**{**cfg.to_dict(), "lr": 0.5}), checkpoint_dir=ckpt, resume=True, progress=False)
+        fit(
+            data,
+            TrainConfig(**{**cfg.to_dict(), "lr": 0.5}),
+            checkpoint_dir=ckpt,
+            resume=True,
+            progress=False,
+        )
 
 
 def test_artifact_round_trip_gives_identical_scores(dataset_dir, tmp_path):
@@ -89,13 +102,24 @@ def test_artifact_round_trip_gives_identical_scores(dataset_dir, tmp_path):
     result = train_artifact(dataset_dir, cfg, out, progress=False)
     art = load_artifact(out)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["config.json", "model.pt", "embeddings.pt", "users.parquet", "items.parquet", "seen.npz", "metrics.json",
-         "log.jsonl", "curve.png"]
+        [
+            "config.json",
+            "model.pt",
+            "embeddings.pt",
+            "users.parquet",
+            "items.parquet",
+            "seen.npz",
+            "metrics.json",
+            "log.jsonl",
+            "curve.png",
+        ]
     )
     assert not (tmp_path / "art.ckpt").exists()
     assert torch.equal(art.user_emb @ art.item_emb.T, result.embeddings.user @ result.embeddings.item.T)
     # Rebuilding the model from config.json + model.pt gives the same embeddings.
-    rebuilt = build_model(TrainConfig(**art.config["config"]), art.config["num_users"], art.config["num_items"])
+    rebuilt = build_model(
+        TrainConfig(**art.config["config"]), art.config["num_users"], art.config["num_items"]
+    )
     rebuilt.load_state_dict(load_state_dict(out))
     from recsys.dataset import load_dataset
 
@@ -103,7 +127,11 @@ def test_artifact_round_trip_gives_identical_scores(dataset_dir, tmp_path):
     emb = rebuilt.get_embedding(build_graph(data.train, data.num_users, data.num_items).adj)
     torch.testing.assert_close(emb.user, art.user_emb)
     # seen.npz holds exactly the training pairs
-    seen = {(u, int(i)) for u in range(data.num_users) for i in art.seen_indices[art.seen_indptr[u] : art.seen_indptr[u + 1]]}
+    seen = {
+        (u, int(i))
+        for u in range(data.num_users)
+        for i in art.seen_indices[art.seen_indptr[u] : art.seen_indptr[u + 1]]
+    }
     assert seen == set(map(tuple, data.train.T.tolist()))
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["protocol"] == "honest" and metrics["best_epoch"] == result.best_epoch
@@ -138,7 +166,20 @@ def test_cli_train_with_config_file_and_flags(dataset_dir, tmp_path, capsys):
     conf = tmp_path / "x.toml"
     conf.write_text('model = "xsimgcl"\nembedding_dim = 8\nepochs = 5\n')
     out = tmp_path / "model"
-    code = main(["train", "-q", "--dataset", str(dataset_dir), "--config", str(conf), "--epochs", "2", "--out", str(out)])
+    code = main(
+        [
+            "train",
+            "-q",
+            "--dataset",
+            str(dataset_dir),
+            "--config",
+            str(conf),
+            "--epochs",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     assert "trained xsimgcl" in capsys.readouterr().out
     cfg = json.loads((out / "config.json").read_text())["config"]

@@ -7,7 +7,12 @@ from recsys.models.base import EmbeddingModel, Embeddings, Views, uniform_noise
 from recsys.models.lightgcn import LightGCN, SimGCL, XSimGCL
 from recsys.models.mf import MF
 
-MODELS: dict[str, type[EmbeddingModel]] = {"mf": MF, "lightgcn": LightGCN, "simgcl": SimGCL, "xsimgcl": XSimGCL}
+MODELS: dict[str, type[EmbeddingModel]] = {
+    "mf": MF,
+    "lightgcn": LightGCN,
+    "simgcl": SimGCL,
+    "xsimgcl": XSimGCL,
+}
 
 
 def build_model(cfg: TrainConfig, num_users: int, num_items: int) -> EmbeddingModel:
@@ -23,6 +28,14 @@ def build_model(cfg: TrainConfig, num_users: int, num_items: int) -> EmbeddingMo
 
 
 __all__ = [
-    "MF", "MODELS", "EmbeddingModel", "Embeddings", "LightGCN", "SimGCL", "Views", "XSimGCL", "build_model",
+    "MF",
+    "MODELS",
+    "EmbeddingModel",
+    "Embeddings",
+    "LightGCN",
+    "SimGCL",
+    "Views",
+    "XSimGCL",
+    "build_model",
     "uniform_noise",
 ]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -27,29 +26,47 @@ class Views(NamedTuple):
 
 
 class EmbeddingModel(nn.Module):
-    """Free user and item embedding tables, initialised as the reference implementations do (Xavier)."""
+    """Free user and item embeddings in one ``(num_users + num_items, d)`` table, users first.
+
+    One table rather than two saves a concatenation (and its backward) on every propagation; ``user_emb``
+    and ``item_emb`` are views of it. Initialised as the reference implementations do (Xavier uniform).
+    """
 
     def __init__(self, num_users: int, num_items: int, embedding_dim: int = 64) -> None:
         super().__init__()
         if min(num_users, num_items, embedding_dim) < 1:
-            msg = f"num_users, num_items and embedding_dim must be >= 1, got {num_users}, {num_items}, {embedding_dim}"
+            sizes = f"{num_users}, {num_items}, {embedding_dim}"
+            msg = f"num_users, num_items and embedding_dim must be >= 1, got {sizes}"
             raise ValueError(msg)
         self.num_users, self.num_items, self.embedding_dim = num_users, num_items, embedding_dim
-        self.user_emb = nn.Parameter(torch.empty(num_users, embedding_dim))
-        self.item_emb = nn.Parameter(torch.empty(num_items, embedding_dim))
+        self.embedding = nn.Parameter(torch.empty(num_users + num_items, embedding_dim))
         self.reset_parameters()
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Xavier-uniform initialisation of both tables (reproducible with a seeded ``generator``)."""
-        nn.init.xavier_uniform_(self.user_emb, generator=generator)
-        nn.init.xavier_uniform_(self.item_emb, generator=generator)
+        """Xavier-uniform initialisation of the user and the item part, each with its own fan.
+
+        The bounds match two separate ``(num_users, d)`` and ``(num_items, d)`` tables, as in SELFRec.
+        """
+        with torch.no_grad():
+            nn.init.xavier_uniform_(self.embedding[: self.num_users], generator=generator)
+            nn.init.xavier_uniform_(self.embedding[self.num_users :], generator=generator)
+
+    @property
+    def user_emb(self) -> Tensor:
+        """Layer-0 user embeddings (a view), shape ``(num_users, d)``."""
+        return self.embedding[: self.num_users]
+
+    @property
+    def item_emb(self) -> Tensor:
+        """Layer-0 item embeddings (a view), shape ``(num_items, d)``."""
+        return self.embedding[self.num_users :]
 
     def ego(self) -> Tensor:
         """Layer-0 node embeddings, users then items, shape ``(num_users + num_items, d)``."""
-        return torch.cat([self.user_emb, self.item_emb])
+        return self.embedding
 
     def split(self, nodes: Tensor) -> Embeddings:
-        """Cut node embeddings ``(N, d)`` back into users and items."""
+        """Cut node embeddings ``(N, d)`` back into users and items (views, no copy)."""
         user, item = torch.split(nodes, [self.num_users, self.num_items])
         return Embeddings(user, item)
 
@@ -60,14 +77,18 @@ class EmbeddingModel(nn.Module):
         return Embeddings(views.final.user.detach(), views.final.item.detach())
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.num_users}, {self.num_items}, embedding_dim={self.embedding_dim})"
+        return (
+            f"{type(self).__name__}({self.num_users}, {self.num_items}, embedding_dim={self.embedding_dim})"
+        )
 
 
 def uniform_noise(x: Tensor, eps: float, generator: torch.Generator | None = None) -> Tensor:
     """SimGCL's perturbation ``sign(x) * normalize(U(0, 1)) * eps``, row-wise.
 
     Each row of the result has L2 norm ``eps`` and the sign pattern of ``x``, so the perturbed embedding
-    stays in the same hyperoctant (the noise rotates it by a bounded angle).
+    stays in the same hyperoctant (the noise rotates it by a bounded angle). The noise is a constant for
+    autograd (``sign`` has zero gradient), so it is built in place without a graph: adding it costs the
+    backward pass nothing.
 
     Args:
         x: Embeddings, shape ``(N, d)``.
@@ -77,5 +98,7 @@ def uniform_noise(x: Tensor, eps: float, generator: torch.Generator | None = Non
     Returns:
         The noise, shape ``(N, d)`` (not added to ``x``; callers add it out of place).
     """
-    noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return torch.sign(x) * F.normalize(noise, dim=-1) * eps
+    with torch.no_grad():
+        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        noise.mul_(eps / noise.norm(dim=-1, keepdim=True).clamp_min_(1e-12))
+        return noise.mul_(torch.sign(x))

@@ -34,7 +34,9 @@ class LightGCN(EmbeddingModel):
             raise ValueError(msg)
         self.num_layers = num_layers
 
-    def layers(self, adj: Tensor, noise_eps: float = 0.0, generator: torch.Generator | None = None) -> list[Tensor]:
+    def layers(
+        self, adj: Tensor, noise_eps: float = 0.0, generator: torch.Generator | None = None
+    ) -> list[Tensor]:
         """Node embeddings of layers ``0..L``; with ``noise_eps > 0`` each propagated layer is perturbed."""
         out = [self.ego()]
         for _ in range(self.num_layers):
@@ -44,10 +46,12 @@ class LightGCN(EmbeddingModel):
             out.append(x)
         return out
 
-    def forward(self, adj: Tensor | None, *, perturbed: bool = False, generator: torch.Generator | None = None) -> Views:
+    def forward(
+        self, adj: Tensor | None, *, perturbed: bool = False, generator: torch.Generator | None = None
+    ) -> Views:
         """Mean of layers ``0..L`` (``perturbed`` is ignored: plain LightGCN has no noise)."""
         assert adj is not None, "LightGCN needs the normalised adjacency"
-        return Views(self.split(torch.stack(self.layers(adj)).mean(0)))
+        return Views(self.split(_mean(self.layers(adj))))
 
     def __repr__(self) -> str:
         return f"{super().__repr__()[:-1]}, num_layers={self.num_layers})"
@@ -65,16 +69,23 @@ class SimGCL(LightGCN):
     """
 
     def __init__(
-        self, num_users: int, num_items: int, embedding_dim: int = 64, num_layers: int = 2, noise_eps: float = 0.1
+        self,
+        num_users: int,
+        num_items: int,
+        embedding_dim: int = 64,
+        num_layers: int = 2,
+        noise_eps: float = 0.1,
     ) -> None:
         super().__init__(num_users, num_items, embedding_dim, num_layers)
         self.noise_eps = noise_eps
 
-    def forward(self, adj: Tensor | None, *, perturbed: bool = False, generator: torch.Generator | None = None) -> Views:
+    def forward(
+        self, adj: Tensor | None, *, perturbed: bool = False, generator: torch.Generator | None = None
+    ) -> Views:
         """Mean of layers ``1..L``, perturbed when asked (one call = one view)."""
         assert adj is not None, "SimGCL needs the normalised adjacency"
         layers = self.layers(adj, self.noise_eps if perturbed else 0.0, generator)[1:]
-        return Views(self.split(torch.stack(layers).mean(0)))
+        return Views(self.split(_mean(layers)))
 
 
 class XSimGCL(LightGCN):
@@ -103,8 +114,18 @@ class XSimGCL(LightGCN):
             raise ValueError(msg)
         self.noise_eps, self.cl_layer = noise_eps, cl_layer
 
-    def forward(self, adj: Tensor | None, *, perturbed: bool = False, generator: torch.Generator | None = None) -> Views:
+    def forward(
+        self, adj: Tensor | None, *, perturbed: bool = False, generator: torch.Generator | None = None
+    ) -> Views:
         """``Views(final, cl)``; ``cl`` is layer l* of the same pass (perturbed iff ``perturbed``)."""
         assert adj is not None, "XSimGCL needs the normalised adjacency"
         layers = self.layers(adj, self.noise_eps if perturbed else 0.0, generator)
-        return Views(self.split(torch.stack(layers[1:]).mean(0)), self.split(layers[self.cl_layer]))
+        return Views(self.split(_mean(layers[1:])), self.split(layers[self.cl_layer]))
+
+
+def _mean(layers: list[Tensor]) -> Tensor:
+    """Mean of the layers by summation: no ``(L, N, d)`` stacked copy, a cheaper backward."""
+    total = layers[0]
+    for layer in layers[1:]:
+        total = total + layer
+    return total / len(layers)

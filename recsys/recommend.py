@@ -1,0 +1,226 @@
+"""The plain recommender over an artifact: what ``recsys recommend`` and the HTTP service both call.
+
+All scoring is one matrix product with the item embedding matrix plus ``torch.topk``: no loop over items,
+no model code (the artifact's final embeddings are all it needs), no dataset directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from torch import Tensor
+
+from recsys.artifact import Artifact, load_artifact
+from recsys.errors import InputError
+
+
+class UnknownIdError(InputError):
+    """Raw ids that the artifact does not know; ``ids`` lists them (serving answers 404 with them)."""
+
+    def __init__(self, kind: str, ids: Sequence[Any]) -> None:
+        self.kind, self.ids = kind, list(ids)
+        shown = ", ".join(repr(i) for i in self.ids[:10]) + (" ..." if len(self.ids) > 10 else "")
+        super().__init__(f"unknown {kind} id(s): {shown}")
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """Top-k items for one query: raw item ids with their scores, best first."""
+
+    items: list[Any]
+    scores: list[float]
+
+
+class Recommender:
+    """Top-k recommendations, new-user fold-in and similar items over one artifact.
+
+    Args:
+        artifact: A loaded artifact (see :func:`recsys.artifact.load_artifact`).
+        device: Where the embeddings live and scoring runs.
+    """
+
+    def __init__(self, artifact: Artifact, device: torch.device | str = "cpu") -> None:
+        self.artifact = artifact
+        self.device = torch.device(device)
+        self.user_emb = artifact.user_emb.to(self.device)
+        self.item_emb = artifact.item_emb.to(self.device)
+        self.item_emb_t = self.item_emb.T.contiguous()
+        normed = torch.nn.functional.normalize(self.item_emb, dim=1)
+        self.item_unit_t = normed.T.contiguous()
+        self._item_unit = normed
+        self.user_ids = artifact.users["raw_id"]
+        self.item_ids = artifact.items["raw_id"]
+        self._user_index = _index(self.user_ids)
+        self._item_index = _index(self.item_ids)
+        indptr = torch.from_numpy(artifact.seen_indptr)
+        self._seen_indptr = indptr
+        self._seen_indices = torch.from_numpy(artifact.seen_indices)
+        self.item_degree = torch.bincount(self._seen_indices, minlength=self.num_items).to(self.device)
+        self._popular = torch.argsort(self.item_degree, descending=True, stable=True)
+
+    @classmethod
+    def from_artifact(cls, path: Path | str, device: torch.device | str = "cpu") -> Recommender:
+        """Load the artifact at ``path`` (validated; nothing is unpickled)."""
+        return cls(load_artifact(Path(path)), device)
+
+    @property
+    def num_users(self) -> int:
+        """Users known to the model."""
+        return int(self.user_emb.size(0))
+
+    @property
+    def num_items(self) -> int:
+        """Items in the catalogue."""
+        return int(self.item_emb.size(0))
+
+    @property
+    def model_version(self) -> str:
+        """The artifact id: changes whenever the embeddings change."""
+        return self.artifact.artifact_id
+
+    def user_indices(self, user_ids: Sequence[Any]) -> list[int | None]:
+        """Index of each raw user id, ``None`` where unknown."""
+        return [self._user_index.get(_key(u)) for u in user_ids]
+
+    def item_indices(self, item_ids: Sequence[Any]) -> list[int | None]:
+        """Index of each raw item id, ``None`` where unknown."""
+        return [self._item_index.get(_key(i)) for i in item_ids]
+
+    def recommend(
+        self,
+        user_ids: Sequence[Any],
+        k: int = 20,
+        *,
+        exclude_seen: bool = True,
+        exclude: Sequence[Any] = (),
+        include: Sequence[Any] | None = None,
+    ) -> list[Recommendation]:
+        """Top-``k`` items for each known user, in one matrix product.
+
+        Args:
+            user_ids: Raw user ids.
+            k: List length; clipped to the number of items that can be recommended.
+            exclude_seen: Drop each user's training items.
+            exclude: Raw item ids never to recommend.
+            include: When given, recommend only among these raw item ids.
+
+        Raises:
+            UnknownIdError: some user ids (or ``exclude``/``include`` item ids) are unknown.
+        """
+        indices = self.user_indices(user_ids)
+        unknown = [u for u, i in zip(user_ids, indices, strict=True) if i is None]
+        if unknown:
+            raise UnknownIdError("user", unknown)
+        rows = torch.tensor(indices, dtype=torch.long, device=self.device)
+        scores = self.user_emb[rows] @ self.item_emb_t
+        if exclude_seen:
+            self._mask_seen(scores, rows)
+        return self._top(scores, k, exclude, include)
+
+    def recommend_new_user(
+        self, item_ids: Sequence[Any], k: int = 20, *, exclude_seen: bool = True, exclude: Sequence[Any] = ()
+    ) -> tuple[Recommendation, list[Any]]:
+        r"""Top-``k`` for a user the model has not seen, from the items they interacted with (fold-in).
+
+        The user's embedding is one LightGCN aggregation step over the final item embeddings
+        :math:`\bar e_i`, with the symmetric normalisation the new edges would get:
+
+        .. math::
+            e_u = \sum_{i \in I_u} \frac{\bar e_i}{\sqrt{|I_u|}\,\sqrt{d_i + 1}}
+
+        where :math:`d_i` is item i's number of training interactions. No retraining happens.
+
+        Returns:
+            The recommendation and the raw item ids that were not known (reported, not silently dropped;
+            the fold-in uses the known ones).
+
+        Raises:
+            InputError: no item id is known, so there is nothing to fold in.
+        """
+        indices = self.item_indices(item_ids)
+        unknown = [i for i, x in zip(item_ids, indices, strict=True) if x is None]
+        known = sorted({x for x in indices if x is not None})
+        if not known:
+            raise UnknownIdError("item", unknown or list(item_ids))
+        user = self.fold_in(torch.tensor(known, device=self.device))
+        scores = (user @ self.item_emb_t).unsqueeze(0)
+        if exclude_seen:
+            scores[0, known] = -torch.inf
+        return self._top(scores, k, exclude, None)[0], unknown
+
+    def fold_in(self, items: Tensor) -> Tensor:
+        """The fold-in embedding of a new user who interacted with item indices ``items`` (unique)."""
+        weights = (self.item_degree[items].float() + 1.0).rsqrt() / float(items.numel()) ** 0.5
+        return weights @ self.item_emb[items]
+
+    def similar_items(self, item_id: Any, k: int = 20) -> Recommendation:
+        """The ``k`` items whose embeddings have the highest cosine similarity with ``item_id``'s (symmetric).
+
+        Raises:
+            UnknownIdError: the item id is unknown.
+        """
+        index = self.item_indices([item_id])[0]
+        if index is None:
+            raise UnknownIdError("item", [item_id])
+        scores = (self._item_unit[index] @ self.item_unit_t).unsqueeze(0)
+        scores[0, index] = -torch.inf
+        return self._top(scores, k, (), None)[0]
+
+    def popular(self, k: int = 20, *, exclude: Sequence[Any] = ()) -> Recommendation:
+        """The most interacted-with items (the fallback for unknown users); score = training count."""
+        scores = self.item_degree.float().unsqueeze(0).clone()
+        return self._top(scores, k, exclude, None)[0]
+
+    def _mask_seen(self, scores: Tensor, rows: Tensor) -> None:
+        """Set each row's training items to -inf, by index (no loop over users)."""
+        cpu_rows = rows.cpu()
+        starts, ends = self._seen_indptr[cpu_rows], self._seen_indptr[cpu_rows + 1]
+        counts = ends - starts
+        if int(counts.sum()) == 0:
+            return
+        row_of = torch.repeat_interleave(torch.arange(len(cpu_rows)), counts)
+        offsets = torch.arange(int(counts.sum())) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        cols = self._seen_indices[torch.repeat_interleave(starts, counts) + offsets]
+        scores[row_of.to(self.device), cols.to(self.device)] = -torch.inf
+
+    def _top(
+        self, scores: Tensor, k: int, exclude: Sequence[Any], include: Sequence[Any] | None
+    ) -> list[Recommendation]:
+        if k < 1:
+            msg = f"k must be >= 1, got {k}"
+            raise InputError(msg)
+        if exclude:
+            scores[:, self._known_items(exclude)] = -torch.inf
+        if include is not None:
+            allowed = torch.full((self.num_items,), -torch.inf, device=self.device)
+            allowed[self._known_items(include)] = 0.0
+            scores += allowed
+        top_scores, top_items = torch.topk(scores, min(k, self.num_items), dim=1)
+        out = []
+        for row_scores, row_items in zip(top_scores.cpu(), top_items.cpu(), strict=True):
+            keep = torch.isfinite(row_scores)  # k is clipped to what can actually be recommended
+            ids = self.item_ids.gather(pl.Series(row_items[keep].numpy())).to_list()
+            out.append(Recommendation(ids, row_scores[keep].tolist()))
+        return out
+
+    def _known_items(self, item_ids: Sequence[Any]) -> Tensor:
+        indices = self.item_indices(item_ids)
+        unknown = [i for i, x in zip(item_ids, indices, strict=True) if x is None]
+        if unknown:
+            raise UnknownIdError("item", unknown)
+        return torch.tensor(indices, dtype=torch.long, device=self.device)
+
+
+def _key(raw: Any) -> str:
+    """Lookup key of a raw id: its text, so ``42`` and ``"42"`` name the same integer id."""
+    return str(raw)
+
+
+def _index(raw_ids: pl.Series) -> dict[str, int]:
+    return dict(zip(raw_ids.cast(pl.String).to_list(), np.arange(raw_ids.len()).tolist(), strict=True))
