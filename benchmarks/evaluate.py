@@ -53,7 +53,7 @@ from recsys.evaluate import (  # noqa: E402
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
-GOWALLA = Path("/work/shared/data/gowalla")
+GOWALLA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gowalla"
 NUM_USERS, NUM_ITEMS, NUM_TRAIN, NUM_TEST = 29_858, 40_981, 727_874, 217_242
 PHASES = ("setup", "score", "mask", "topk", "metrics")
 VARIANTS: dict[str, str] = {

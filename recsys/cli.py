@@ -331,7 +331,7 @@ def _add_evaluate(sub: argparse._SubParsersAction, common: argparse.ArgumentPars
     p.add_argument("--artifact", type=Path, help="artifact directory with embeddings.pt (omit: baselines)")
     p.add_argument("--dataset", type=Path, required=True, help="dataset directory written by `recsys ingest`")
     p.add_argument("--split", default="test", choices=["valid", "test"], help="split to evaluate")
-    p.add_argument("--k", type=_ks, default=(10, 20, 50), metavar="K,K,...", help="cut-offs of the metrics")
+    p.add_argument("--k", type=_ks, default="10,20,50", metavar="K,K,...", help="cut-offs of the metrics")
     p.add_argument("--protocol", default="honest", choices=["honest", "paper"], help="evaluation protocol")
     p.add_argument(
         "--baselines",
@@ -342,11 +342,10 @@ def _add_evaluate(sub: argparse._SubParsersAction, common: argparse.ArgumentPars
     p.add_argument(
         "--out",
         type=Path,
-        help="JSON report to write (default <artifact>/eval_<split>.json; "
-        "without --artifact only the table is printed)",
+        help="JSON report to write; unset: <artifact>/eval_<split>.json, or none without --artifact",
     )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to score")
-    p.add_argument("--batch-size", type=int, help="users per scoring chunk (default: fit a 256 MiB buffer)")
+    p.add_argument("--batch-size", type=int, help="users per scoring chunk; unset: fill a 256 MiB buffer")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
     p.set_defaults(handler=_run_evaluate)
 

@@ -7,11 +7,11 @@ reference rows of every report.
 
 How one chunk of ``B`` users is evaluated (no Python loop over users, the full score matrix never exists):
 
-1. score: the scorer writes ``(B, num_items)`` scores into one preallocated buffer
-   (``torch.mm(user_chunk, item_emb_t, out=buffer)`` with a contiguous transposed item matrix);
+1. score: the scorer writes ``(B, num_items)`` scores into one preallocated buffer (for embeddings, one
+   BLAS product ``user_chunk @ item_emb.T`` with ``out=buffer``; see :class:`EmbeddingScorer`);
 2. mask: the excluded (user, item) pairs of the chunk are a contiguous slice of sorted flat keys
    ``row * num_items + item`` (a CSR over the evaluated users), set to ``-inf`` with one ``index_fill_``;
-3. top-k: ``torch.topk(buffer, max(ks), sorted=True)``;
+3. top-k: ``torch.topk`` after an exact block-max prefilter on CPU (:func:`topk_rows`), best first;
 4. metrics: hits by ``searchsorted`` of the top-k keys in the chunk's sorted ground-truth keys.
 
 Protocols (named in every report):
@@ -125,8 +125,11 @@ class EmbeddingScorer:
     The product is written straight into the evaluator's buffer (``out=``), never allocated per chunk.
     On CPU the ``auto`` backend runs it through numpy's BLAS (OpenBLAS in the numpy wheels) on views of the
     same memory: for this thin ``(B, d) x (d, num_items)`` product it ran at about twice the speed of
-    ``torch.mm`` (MKL) on the 2-core AMD EPYC machine of ``benchmarks/evaluate.py``. On other devices, and
-    with ``backend="torch"``, it is ``torch.mm(user_chunk, item_emb_t, out=buffer)``.
+    ``torch.mm`` (MKL) on the 2-core AMD EPYC machine of ``benchmarks/evaluate.py`` (68 against 37 GFLOP/s).
+    OpenBLAS keeps its own thread pool (``OPENBLAS_NUM_THREADS``, not ``torch.set_num_threads``), whose idle
+    threads spin for a while after each product and slow the top-k that follows; entry points set
+    ``OPENBLAS_THREAD_TIMEOUT=4`` before numpy is imported to stop that (``recsys evaluate`` does). On other
+    devices, and with ``backend="torch"``, it is ``torch.mm(user_chunk, item_emb_t, out=buffer)``.
 
     Args:
         user_emb: User embeddings, shape ``(num_users, d)``.
@@ -796,12 +799,11 @@ def evaluate_split(
     if user_emb is not None and item_emb is not None:
         model, last = run(model_name, EmbeddingScorer(user_emb, item_emb))
     rows = []
-    for name in baselines:
-        dtype = user_emb.dtype if user_emb is not None else torch.float32
+    for name in baselines:  # float32 scores whatever the model's dtype: ranks stay exact up to 2**24 items
         scorer: Scorer = (
-            PopularityScorer(training, dataset.num_items, dtype=dtype)
+            PopularityScorer(training, dataset.num_items)
             if name == "most-popular"
-            else RandomScorer(seed, device=device, dtype=dtype)
+            else RandomScorer(seed, device=device)
         )
         row, last = run(name, scorer)
         rows.append(row)

@@ -1,0 +1,96 @@
+import json
+
+import polars as pl
+import pytest
+import torch
+
+from recsys.artifact import write_artifact
+from recsys.dataset import Dataset
+from recsys.errors import InputError
+from recsys.recommend import Recommender, UnknownIdError
+
+USERS = ["ann", "bob", "cy"]
+ITEMS = [10, 20, 30, 40]
+
+
+@pytest.fixture(scope="module")
+def rec(tmp_path_factory):
+    """A known-answer artifact: 3 users, 4 items, 2-d embeddings chosen by hand."""
+    root = tmp_path_factory.mktemp("rec")
+    ds = root / "ds"
+    ds.mkdir()
+    pl.DataFrame({"user_idx": [0, 1, 2], "raw_id": USERS}).write_parquet(ds / "users.parquet")
+    pl.DataFrame({"item_idx": [0, 1, 2, 3], "raw_id": ITEMS}).write_parquet(ds / "items.parquet")
+    (ds / "meta.json").write_text(json.dumps({"format_version": 1}))
+    train = torch.tensor([[0, 0, 1, 2, 2, 2], [0, 1, 1, 0, 1, 2]])
+    data = Dataset(3, 4, train, train[:, :0], train[:, :0], path=ds)
+    user = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    item = torch.tensor([[3.0, 0.0], [2.0, 1.0], [0.0, 2.0], [1.0, 1.0]])
+    write_artifact(
+        root / "art", dataset=data, config={"model": "mf"}, state_dict={"embedding": torch.cat([user, item])},
+        user_emb=user, item_emb=item, train_pairs=train, metrics={}, history=[{"epoch": 1, "loss": 0.5}],
+    )
+    return Recommender.from_artifact(root / "art")
+
+
+def test_top_k_excludes_seen_items(rec):
+    (ann,) = rec.recommend(["ann"], k=4)
+    # ann's scores: 3, 2, 0, 1 for items 10..40; she has seen 10 and 20.
+    assert ann.items == [40, 30] and ann.scores == [1.0, 0.0]
+    (ann_all,) = rec.recommend(["ann"], k=2, exclude_seen=False)
+    assert ann_all.items == [10, 20]
+    # k is clipped to the catalogue; cy has seen 3 of 4 items, so only one is left.
+    (cy,) = rec.recommend(["cy"], k=50)
+    assert cy.items == [40]
+
+
+def test_batch_equals_single_and_ids_may_be_text(rec):
+    both = rec.recommend(["ann", "bob"], k=2)
+    assert both[0] == rec.recommend(["ann"], k=2)[0] and both[1] == rec.recommend(["bob"], k=2)[0]
+    assert rec.item_indices(["40", 40, "x"]) == [3, 3, None]
+
+
+def test_include_and_exclude(rec):
+    (bob,) = rec.recommend(["bob"], k=3, exclude=[30])
+    assert bob.items == [40, 10]
+    (bob,) = rec.recommend(["bob"], k=3, include=[10, 40])
+    assert bob.items == [40, 10]
+    with pytest.raises(UnknownIdError, match="unknown item id"):
+        rec.recommend(["bob"], exclude=[99])
+
+
+def test_unknown_users_are_named(rec):
+    with pytest.raises(UnknownIdError, match="unknown user id\\(s\\): 'zed'") as err:
+        rec.recommend(["ann", "zed"])
+    assert err.value.ids == ["zed"]
+    with pytest.raises(InputError, match="k must be >= 1"):
+        rec.recommend(["ann"], k=0)
+
+
+def test_fold_in_equals_the_aggregation_formula(rec):
+    result, unknown = rec.recommend_new_user([10, 30, 99], k=4, exclude_seen=False)
+    assert unknown == [99]
+    # degrees: item 10 has 2 training users, item 30 has 1; |I_u| = 2.
+    e = torch.tensor([3.0, 0.0]) / (2**0.5 * 3**0.5) + torch.tensor([0.0, 2.0]) / (2**0.5 * 2**0.5)
+    expected = e @ torch.tensor([[3.0, 0.0], [2.0, 1.0], [0.0, 2.0], [1.0, 1.0]]).T
+    order = torch.argsort(expected, descending=True)
+    assert result.items == [ITEMS[i] for i in order]
+    torch.testing.assert_close(torch.tensor(result.scores), expected[order])
+    seen_excluded, _ = rec.recommend_new_user([10, 30], k=4)
+    assert set(seen_excluded.items) == {20, 40}
+    with pytest.raises(UnknownIdError):
+        rec.recommend_new_user([98, 99])
+
+
+def test_similar_items_are_symmetric_and_exclude_the_item(rec):
+    sims = {i: dict(zip(*(lambda r: (r.items, r.scores))(rec.similar_items(i, k=3)), strict=True)) for i in ITEMS}
+    for a in ITEMS:
+        assert a not in sims[a]
+        for b, s in sims[a].items():
+            assert abs(sims[b][a] - s) < 1e-6
+    assert rec.similar_items(10, k=1).items == [20]  # (3,0) is closest in angle to (2,1)
+
+
+def test_popular_fallback(rec):
+    assert rec.popular(k=2).items == [20, 10]  # 20 seen by 3 users, 10 by 2
+    assert rec.model_version
