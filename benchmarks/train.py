@@ -16,6 +16,10 @@ Two modes, each printing a table and writing JSON under benchmarks/results/:
 
 from __future__ import annotations
 
+from recsys.runtime import configure_cpu_runtime
+
+configure_cpu_runtime()  # before numpy and torch load
+
 import argparse
 import json
 import logging
@@ -86,8 +90,15 @@ def speed(data: Dataset, model_name: str, threads: int) -> dict[str, float | str
     clock = _Clock()
     # Propagation = time inside model.forward, measured with hooks so the objective stays untouched.
     starts: list[float] = []
-    model.register_forward_pre_hook(lambda *_: starts.append(time.perf_counter()))
-    model.register_forward_hook(lambda *_: clock.add("propagation", starts.pop()))
+
+    def before(*_: object) -> None:
+        starts.append(time.perf_counter())
+
+    def after(*_: object) -> None:  # must return None: a forward hook's return value replaces the output
+        clock.add("propagation", starts.pop())
+
+    model.register_forward_pre_hook(before)
+    model.register_forward_hook(after)
 
     t = time.perf_counter()
     batches = epoch_batches(pairs, sampler, cfg.batch_size, rng)

@@ -116,7 +116,7 @@ class Recommender:
         indices = self.user_indices(user_ids)
         unknown = [u for u, i in zip(user_ids, indices, strict=True) if i is None]
         if unknown:
-            raise UnknownIdError("user", unknown)
+            raise UnknownIdError(kind="user", ids=unknown)
         rows = torch.tensor(indices, dtype=torch.long, device=self.device)
         scores = self.user_emb[rows] @ self.item_emb_t
         if exclude_seen:
@@ -147,7 +147,7 @@ class Recommender:
         unknown = [i for i, x in zip(item_ids, indices, strict=True) if x is None]
         known = sorted({x for x in indices if x is not None})
         if not known:
-            raise UnknownIdError("item", unknown or list(item_ids))
+            raise UnknownIdError(kind="item", ids=unknown or list(item_ids))
         user = self.fold_in(torch.tensor(known, device=self.device))
         scores = (user @ self.item_emb_t).unsqueeze(0)
         if exclude_seen:
@@ -167,7 +167,7 @@ class Recommender:
         """
         index = self.item_indices([item_id])[0]
         if index is None:
-            raise UnknownIdError("item", [item_id])
+            raise UnknownIdError(kind="item", ids=[item_id])
         scores = (self._item_unit[index] @ self.item_unit_t).unsqueeze(0)
         scores[0, index] = -torch.inf
         return self._top(scores, k, (), None)[0]
@@ -184,9 +184,11 @@ class Recommender:
         counts = ends - starts
         if int(counts.sum()) == 0:
             return
+        total = int(counts.sum())
         row_of = torch.repeat_interleave(torch.arange(len(cpu_rows)), counts)
-        offsets = torch.arange(int(counts.sum())) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-        cols = self._seen_indices[torch.repeat_interleave(starts, counts) + offsets]
+        # position of each entry within its row's slice of the CSR: 0, 1, ..., count - 1
+        within = torch.arange(total) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        cols = self._seen_indices[torch.repeat_interleave(starts, counts) + within]
         scores[row_of.to(self.device), cols.to(self.device)] = -torch.inf
 
     def _top(
@@ -213,7 +215,7 @@ class Recommender:
         indices = self.item_indices(item_ids)
         unknown = [i for i, x in zip(item_ids, indices, strict=True) if x is None]
         if unknown:
-            raise UnknownIdError("item", unknown)
+            raise UnknownIdError(kind="item", ids=unknown)
         return torch.tensor(indices, dtype=torch.long, device=self.device)
 
 

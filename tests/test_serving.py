@@ -1,0 +1,155 @@
+"""Integration tests against a real Ray Serve on 127.0.0.1 (one start for the whole module)."""
+
+import json
+import threading
+import urllib.error
+import urllib.request
+
+import polars as pl
+import pytest
+import torch
+
+from recsys.artifact import write_artifact
+from recsys.dataset import Dataset
+from serving.app import ServeArgs
+from serving.runner import running
+
+pytestmark = pytest.mark.serve
+
+PORT = 18231
+TOKEN = "test-token"
+
+
+def make_artifact(root, name, item_scale=1.0):
+    ds = root / f"{name}-ds"
+    ds.mkdir()
+    pl.DataFrame({"user_idx": [0, 1, 2], "raw_id": ["ann", "bob", "cy"]}).write_parquet(ds / "users.parquet")
+    pl.DataFrame({"item_idx": [0, 1, 2, 3], "raw_id": [10, 20, 30, 40]}).write_parquet(ds / "items.parquet")
+    (ds / "meta.json").write_text("{}")
+    train = torch.tensor([[0, 0, 1, 2, 2, 2], [0, 1, 1, 0, 1, 2]])
+    data = Dataset(3, 4, train, train[:, :0], train[:, :0], path=ds)
+    user = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    item = torch.tensor([[3.0, 0.0], [2.0, 1.0], [0.0, 2.0], [1.0, 1.0]]) * item_scale
+    return write_artifact(
+        root / name, dataset=data, config={"model": "mf"}, state_dict={"embedding": torch.cat([user, item])},
+        user_emb=user, item_emb=item, train_pairs=train, metrics={"test": {"recall@20": 0.5}},
+        history=[{"epoch": 1, "loss": 0.5}],
+    )
+
+
+def call(path, body=None, token=None, raw=None):
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(f"http://127.0.0.1:{PORT}{path}", data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    first = make_artifact(root, "v1")
+    second = make_artifact(root, "v2", item_scale=2.0)
+    args = ServeArgs(artifact=str(first), admin_token=TOKEN, max_k=50, max_batch_users=3)
+    with running(args, port=PORT):
+        yield {"first": first, "second": second}
+
+
+def test_recommend_known_user_excludes_seen(service):
+    status, body = call("/recommend/ann?k=4")
+    assert status == 200
+    assert [i["item_id"] for i in body["items"]] == [40, 30]
+    assert body["model_version"] and body["fallback"] is None
+
+
+def test_unknown_user_is_404_or_popular(service):
+    status, body = call("/recommend/zed")
+    assert status == 404 and body["unknown_ids"] == ["zed"] and "zed" in body["detail"]
+    status, body = call("/recommend/zed?k=2&fallback=popular")
+    assert status == 200 and body["fallback"] == "popular"
+    assert [i["item_id"] for i in body["items"]] == [20, 10]
+
+
+def test_batch_endpoint(service):
+    status, body = call("/recommend", {"user_ids": ["ann", "bob"], "k": 2})
+    assert status == 200
+    assert [[i["item_id"] for i in r["items"]] for r in body["results"]] == [[40, 30], [30, 40]]
+    status, body = call("/recommend", {"user_ids": ["ann", "zed"], "k": 2, "fallback": "popular"})
+    assert status == 200 and body["unknown_user_ids"] == ["zed"] and body["results"][1]["fallback"] == "popular"
+    status, body = call("/recommend", {"user_ids": ["ann", "zed"]})
+    assert status == 404 and body["unknown_ids"] == ["zed"]
+
+
+def test_new_user_reports_unknown_items(service):
+    status, body = call("/recommend/new-user", {"item_ids": [10, 30, 99], "k": 4})
+    assert status == 200
+    assert body["unknown_item_ids"] == [99]
+    assert {i["item_id"] for i in body["items"]} == {20, 40}
+
+
+def test_similar_health_model(service):
+    status, body = call("/similar/10?k=1")
+    assert status == 200 and [i["item_id"] for i in body["items"]] == [20]
+    assert call("/similar/99")[0] == 404
+    status, body = call("/health")
+    assert status == 200 and body["status"] == "ok"
+    status, body = call("/model")
+    assert status == 200 and body["num_items"] == 4 and body["metrics"]["test"]["recall@20"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "raw", "status", "text"),
+    [
+        ("/recommend/ann?k=0", None, None, 422, "k must be between 1 and 50, got 0"),
+        ("/recommend/ann?k=51", None, None, 422, "k must be between 1 and 50, got 51"),
+        ("/recommend/ann?k=abc", None, None, 422, "int"),
+        ("/recommend", None, b"{not json", 422, "JSON"),
+        ("/recommend", {"user_ids": []}, None, 422, "at least 1"),
+        ("/recommend", {"user_ids": ["ann", "bob", "cy", "ann"]}, None, 413, "at most 3 allowed"),
+        ("/recommend/new-user", {"item_ids": [98, 99]}, None, 404, "unknown item id"),
+        ("/recommend/new-user", {"items": [10]}, None, 422, "item_ids"),
+    ],
+)
+def test_bad_requests_get_clear_4xx(service, path, body, raw, status, text):
+    got, payload = call(path, body, raw=raw)
+    assert got == status
+    assert text in json.dumps(payload)
+
+
+def test_admin_reload_needs_the_token(service):
+    assert call("/admin/reload", {}, token="wrong")[0] == 401
+    assert call("/admin/reload", {})[0] == 401
+    status, body = call("/admin/reload", {"artifact": "/no/such/dir"}, token=TOKEN)
+    assert status == 422 and "no such artifact directory" in body["detail"]
+
+
+def test_hot_reload_under_load_fails_no_request(service):
+    before = call("/health")[1]["model_version"]
+    failures, answers = [], []
+    stop = threading.Event()
+
+    def load():
+        for _ in range(200):  # bounded
+            if stop.is_set():
+                return
+            status, body = call("/recommend/bob?k=2")
+            (answers if status == 200 else failures).append(body)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    status, body = call("/admin/reload", {"artifact": str(service["second"])}, token=TOKEN)
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+    assert status == 200 and body["model_version"] != before
+    assert not failures
+    assert answers
+    assert call("/health")[1]["model_version"] == body["model_version"]
+    # The second artifact doubles every item score.
+    assert call("/recommend/bob?k=1")[1]["items"][0]["score"] == 4.0  # item 30: (0, 2) x 2, dot (0, 1)
