@@ -16,6 +16,7 @@ from pathlib import Path
 
 from recsys import __version__
 from recsys.errors import InputError
+from recsys.runtime import configure_cpu_runtime
 
 _Handler = Callable[[argparse.Namespace], int]
 
@@ -213,11 +214,21 @@ _HYPER_HELP = {
     "seed": "seed of initialisation, sampling and noise",
     "device": "auto (CUDA if available), cpu or cuda",
     "threads": "CPU threads for torch (default: torch's choice)",
+    "cl_negatives": "InfoNCE negatives of simgcl/xsimgcl: in_batch (as published), full (all users/items, "
+    "exact) or metanode (all, through k-means meta-nodes)",
+    "metanode_clusters": "K, meta-nodes per side (clipped to the number of users/items)",
+    "metanode_second_order": "add the diagonal-variance term to the meta-node logits (true/false)",
+    "metanode_refresh_epochs": "re-run k-means every N epochs",
+    "metanode_kmeans_iters": "Lloyd iterations of the first k-means (later ones: 3, warm-started)",
+    "metanode_full_below": "use the exact full loss on a side with at most this many nodes",
+    "metanode_key_weight": "key weights of full/metanode: uniform, or degree (N*deg(v)/sum of degrees)",
+    "metanode_probe_every": "every N steps log the gap to the exact loss and the anchor-gradient cosine "
+    "(0: off)",
 }
 
 
 def _add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from recsys.config import MODEL_NAMES, TrainConfig
+    from recsys.config import MODEL_NAMES, TrainConfig, parse_bool
 
     defaults = TrainConfig()
     p = sub.add_parser(
@@ -237,7 +248,10 @@ def _add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--dataset", type=Path, required=True, help="dataset directory (from recsys ingest)")
     p.add_argument("--out", type=Path, required=True, help="artifact directory to write")
     p.add_argument(
-        "--model", choices=MODEL_NAMES, default=argparse.SUPPRESS, help=f"model to train (default: {defaults.model})"
+        "--model",
+        choices=MODEL_NAMES,
+        default=argparse.SUPPRESS,
+        help=f"model to train (default: {defaults.model})",
     )
     p.add_argument("--config", type=Path, help="TOML file of hyperparameters; unknown keys are an error")
     p.add_argument("--resume", action="store_true", help="continue a killed run from <out>.ckpt/")
@@ -245,11 +259,20 @@ def _add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     hyper = p.add_argument_group("hyperparameters (defaults: the authors' reference configuration)")
     for name, text in _HYPER_HELP.items():
         default = getattr(defaults, name)
-        kind = type(default) if default is not None else (int if name == "threads" else float)
+        kind: Callable[[str], object] = (
+            type(default) if default is not None else (int if name == "threads" else float)
+        )
+        if kind is bool:  # bool("false") is True: parse the word instead
+            kind = parse_bool
         shown = f"{text} (default: {default})" if default is not None else text
         # SUPPRESS: an option not given stays absent, so the config file's value is not overwritten.
         hyper.add_argument(
-            f"--{name.replace('_', '-')}", dest=name, type=kind, default=argparse.SUPPRESS, help=shown
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            type=kind,
+            default=argparse.SUPPRESS,
+            help=shown,
+            metavar="{true,false}" if kind is parse_bool else None,
         )
     p.set_defaults(handler=_run_train)
 
@@ -261,15 +284,122 @@ def _run_train(args: argparse.Namespace) -> int:
     values = load_config_file(args.config) if args.config else {}
     values.update({name: getattr(args, name) for name in (*_HYPER_HELP, "model") if hasattr(args, name)})
     cfg = config_from_dict(values, source=str(args.config or "options"))
-    result = train_artifact(args.dataset, cfg, args.out, resume=args.resume, force=args.force, progress=not args.quiet)
+    result = train_artifact(
+        args.dataset, cfg, args.out, resume=args.resume, force=args.force, progress=not args.quiet
+    )
     metric = result.config.metric
     ndcg = metric.replace("recall", "ndcg")
     split = "test" if result.config.protocol == "paper" else "valid"
     print(
         f"trained {result.config.model} -> {args.out}: best epoch {result.best_epoch}/{len(result.history)}, "
         f"{split} {metric} {result.selection[metric]:.4f}, test {metric} {result.test[metric]:.4f} "
-        f"{ndcg} {result.test.get(ndcg, float('nan')):.4f} ({result.config.protocol} protocol, {result.seconds:.0f} s)"
+        f"{ndcg} {result.test.get(ndcg, float('nan')):.4f} "
+        f"({result.config.protocol} protocol, {result.seconds:.0f} s)"
     )
+    return 0
+
+
+def _add_serve(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="serve an artifact over HTTP with Ray Serve (Ctrl-C to stop)",
+        formatter_class=_HelpFormatter,
+        description=(
+            "Start a Ray Serve application over a model artifact. Without --address a local Ray starts,\n"
+            "bound to 127.0.0.1; with --address it joins an existing cluster (more --replicas,\n"
+            "same code).\n\n"
+            "endpoints: GET /recommend/{user_id}?k=20, POST /recommend, POST /recommend/new-user,\n"
+            "GET /similar/{item_id}?k=20, GET /health, GET /model, POST /admin/reload (bearer token),\n"
+            "and the OpenAPI docs at /docs."
+        ),
+    )
+    p.add_argument("--artifact", type=Path, required=True, help="artifact directory (from recsys train)")
+    p.add_argument("--host", default="127.0.0.1", help="address the HTTP proxy binds to")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port")
+    p.add_argument("--replicas", type=int, default=1, help="replicas of the deployment")
+    p.add_argument("--max-ongoing-requests", type=int, default=128, help="concurrent requests per replica")
+    p.add_argument("--max-k", type=int, default=1000, help="largest k a request may ask for")
+    p.add_argument("--max-batch-users", type=int, default=1000, help="most users in one POST /recommend")
+    p.add_argument("--no-batching", action="store_true", help="do not batch concurrent single-user requests")
+    p.add_argument(
+        "--admin-token",
+        help="bearer token enabling POST /admin/reload (default: env RECSYS_ADMIN_TOKEN; unset: disabled)",
+    )
+    p.add_argument("--address", help="join this Ray cluster instead of starting a local Ray")
+    p.set_defaults(handler=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from serving.app import ServeArgs
+    from serving.runner import start, stop
+
+    if not (args.artifact / "config.json").is_file():
+        msg = f"{args.artifact}: not an artifact directory (train one with `recsys train`)"
+        raise InputError(msg)
+    serve_args = ServeArgs(
+        artifact=str(args.artifact.resolve()),
+        max_k=args.max_k,
+        max_batch_users=args.max_batch_users,
+        admin_token=args.admin_token or os.environ.get("RECSYS_ADMIN_TOKEN"),
+        batching=not args.no_batching,
+        num_replicas=args.replicas,
+        max_ongoing_requests=args.max_ongoing_requests,
+    )
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    url = start(serve_args, host=args.host, port=args.port, address=args.address)
+    print(f"serving {args.artifact} at {url} (try {url}/docs); Ctrl-C to stop", flush=True)
+    try:
+        done.wait()
+    finally:
+        print("stopping ...", flush=True)
+        stop()
+    return 0
+
+
+def _add_recommend(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "recommend",
+        parents=[common],
+        help="one-off recommendations from an artifact, without a server",
+        formatter_class=_HelpFormatter,
+        description="Print top-k items for users, for a new user (fold-in) or similar items, as JSON.",
+    )
+    p.add_argument("--artifact", type=Path, required=True, help="artifact directory (from recsys train)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--user", action="append", help="raw user id (repeat for several users)")
+    what.add_argument("--new-user-items", type=_csv_names, help="comma-separated raw item ids of a new user")
+    what.add_argument("--similar", help="raw item id to find similar items for")
+    p.add_argument("--k", type=int, default=10, help="list length")
+    p.add_argument("--include-seen", action="store_true", help="do not drop the user's training items")
+    p.set_defaults(handler=_run_recommend)
+
+
+def _run_recommend(args: argparse.Namespace) -> int:
+    import json
+
+    from recsys.recommend import Recommender
+
+    rec = Recommender.from_artifact(args.artifact)
+    exclude_seen = not args.include_seen
+    if args.user:
+        results = rec.recommend(args.user, args.k, exclude_seen=exclude_seen)
+        out: object = [
+            {"user_id": u, "items": r.items, "scores": r.scores}
+            for u, r in zip(args.user, results, strict=True)
+        ]
+    elif args.new_user_items:
+        result, unknown = rec.recommend_new_user(list(args.new_user_items), args.k, exclude_seen=exclude_seen)
+        out = {"items": result.items, "scores": result.scores, "unknown_item_ids": unknown}
+    else:
+        result = rec.similar_items(args.similar, args.k)
+        out = {"item_id": args.similar, "items": result.items, "scores": result.scores}
+    print(json.dumps({"model_version": rec.model_version, "results": out}, indent=2, default=str))
     return 0
 
 
@@ -280,19 +410,21 @@ def _add_demo(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) 
         help="run the whole job on the bundled sample log (the README's Quick start)",
         formatter_class=_HelpFormatter,
         description=(
-            "Ingest the bundled sample log, train XSimGCL on it and evaluate it on the test split,\n"
-            "printing what each stage produced (the commands to run each stage by hand are logged)."
+            "Ingest the bundled sample log, train XSimGCL on it, evaluate it on the test split, then serve\n"
+            "it with Ray Serve on 127.0.0.1, query it once and stop it, printing what each stage produced\n"
+            "(the commands to run each stage by hand are logged)."
         ),
     )
     p.add_argument("--log", type=Path, default=Path("data/sample/interactions.csv"), help="sample log (CSV)")
     p.add_argument("--workdir", type=Path, default=Path("out/demo"), help="where outputs are written")
+    p.add_argument("--port", type=int, default=8765, help="HTTP port of the demo service (127.0.0.1)")
     p.set_defaults(handler=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from recsys.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(log=args.log, workdir=args.workdir, progress=not args.quiet))
+    run_demo(DemoConfig(log=args.log, workdir=args.workdir, progress=not args.quiet, port=args.port))
     return 0
 
 
@@ -351,9 +483,6 @@ def _add_evaluate(sub: argparse._SubParsersAction, common: argparse.ArgumentPars
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    # Before numpy loads OpenBLAS: its idle threads then sleep at once instead of spinning for ~0.1 s after
-    # each product, which would take a core from torch's top-k (2.6 s instead of 3.7 s on gowalla, 2 cores).
-    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
     import torch
 
     from recsys.dataset import load_dataset
@@ -410,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="only print results and errors")
-    for add in (_add_ingest, _add_generate, _add_train, _add_evaluate, _add_demo):
+    for add in (_add_ingest, _add_generate, _add_train, _add_evaluate, _add_serve, _add_recommend, _add_demo):
         add(sub, common)
     return parser
 
@@ -419,6 +548,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``recsys`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_cpu_runtime()  # before numpy/torch are imported by a subcommand
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(message)s",

@@ -11,6 +11,9 @@ from recsys.errors import InputError
 
 MODEL_NAMES = ("mf", "lightgcn", "simgcl", "xsimgcl")
 PROTOCOLS = ("honest", "paper")
+CL_NEGATIVES = ("in_batch", "full", "metanode")
+KEY_WEIGHTS = ("uniform", "degree")
+CL_MODELS = ("simgcl", "xsimgcl")
 
 # The authors' reference configuration (SELFRec conf/SimGCL.yaml and conf/XSimGCL.yaml).
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -43,6 +46,18 @@ class TrainConfig:
         seed: Seed of initialisation, sampling and noise.
         device: ``auto``, ``cpu`` or ``cuda`` (``auto`` takes CUDA when available).
         threads: CPU threads for torch (``None``: torch's default).
+        cl_negatives: InfoNCE negatives of SimGCL/XSimGCL: ``in_batch`` (as published), ``full`` (every
+            user/item of the side, exact) or ``metanode`` (every node, through K k-means meta-nodes; see
+            ``shared/design/metanode-contrastive.md``).
+        metanode_clusters: K, meta-nodes per side (clipped to the side's size).
+        metanode_second_order: Add the diagonal-variance term to the meta-node logits.
+        metanode_refresh_epochs: Re-run k-means every this many epochs.
+        metanode_kmeans_iters: Lloyd iterations of the first k-means (later ones: 3, warm-started).
+        metanode_full_below: A side with at most this many nodes uses the exact ``full`` loss.
+        metanode_key_weight: Key weights ω of ``full`` and ``metanode``: ``uniform`` or ``degree``
+            (``ω_v = N·deg(v)/Σ deg``, close to the popularity weighting of in-batch negatives).
+        metanode_probe_every: Every this many steps, log the gap to the exact loss and the anchor-gradient
+            cosine (``probe_gap``, ``probe_grad_cos`` in the epoch record); 0 is off.
     """
 
     model: str = "xsimgcl"
@@ -63,6 +78,14 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
+    cl_negatives: str = "in_batch"
+    metanode_clusters: int = 1024
+    metanode_second_order: bool = True
+    metanode_refresh_epochs: int = 1
+    metanode_kmeans_iters: int = 10
+    metanode_full_below: int = 8192
+    metanode_key_weight: str = "uniform"
+    metanode_probe_every: int = 0
 
     def __post_init__(self) -> None:
         if self.model not in MODEL_NAMES:
@@ -87,6 +110,39 @@ class TrainConfig:
         if self.model == "xsimgcl" and not 1 <= self.cl_layer <= self.num_layers:
             msg = f"cl_layer must be in [1, num_layers={self.num_layers}], got {self.cl_layer}"
             raise InputError(msg)
+        self._check_negatives()
+
+    def _check_negatives(self) -> None:
+        if self.cl_negatives not in CL_NEGATIVES:
+            msg = f"unknown cl_negatives {self.cl_negatives!r}; expected one of {', '.join(CL_NEGATIVES)}"
+            raise InputError(msg)
+        if self.cl_negatives != "in_batch" and self.model not in CL_MODELS:
+            msg = (
+                f"cl_negatives={self.cl_negatives!r} needs a contrastive model ({', '.join(CL_MODELS)}), "
+                f"got model={self.model!r}"
+            )
+            raise InputError(msg)
+        if self.metanode_key_weight not in KEY_WEIGHTS:
+            msg = (
+                f"unknown metanode_key_weight {self.metanode_key_weight!r}; "
+                f"expected one of {', '.join(KEY_WEIGHTS)}"
+            )
+            raise InputError(msg)
+        if not isinstance(self.metanode_second_order, bool):
+            msg = f"metanode_second_order must be true or false, got {self.metanode_second_order!r}"
+            raise InputError(msg)
+        minimum = {
+            "metanode_clusters": 1,
+            "metanode_refresh_epochs": 1,
+            "metanode_kmeans_iters": 1,
+            "metanode_full_below": 0,
+            "metanode_probe_every": 0,
+        }
+        for name, low in minimum.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                msg = f"{name} must be an integer >= {low}, got {value!r}"
+                raise InputError(msg)
 
     def resolved(self) -> TrainConfig:
         """This config with the model's reference values filled in for unset λ, ε and τ."""
@@ -96,6 +152,17 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict."""
         return asdict(self)
+
+
+def parse_bool(text: str) -> bool:
+    """``true/yes/1/on`` or ``false/no/0/off`` (any case) -> bool, for command-line flags."""
+    value = text.strip().lower()
+    if value in ("true", "yes", "1", "on"):
+        return True
+    if value in ("false", "no", "0", "off"):
+        return False
+    msg = f"expected true or false, got {text!r}"
+    raise ValueError(msg)
 
 
 def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:

@@ -6,7 +6,9 @@ would run by hand (the equivalent commands are logged as it goes).
 
 from __future__ import annotations
 
+import json
 import logging
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,8 @@ from recsys.config import TrainConfig
 from recsys.dataset import load_dataset
 from recsys.evaluate import evaluate_split, format_report
 from recsys.train import train_artifact
+from serving.app import ServeArgs
+from serving.runner import running
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +34,7 @@ class DemoConfig:
     log: Path = SAMPLE_LOG
     workdir: Path = Path("out/demo")
     progress: bool = True
+    port: int = 8765
 
 
 # On a log this small (15k training events) the reference λ = 0.2 over-weights the contrastive term: valid
@@ -38,10 +43,10 @@ DEMO_TRAINING = TrainConfig(model="xsimgcl", cl_weight=0.05, batch_size=256, epo
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Path]:
-    """Ingest the sample log, train XSimGCL, evaluate it on test; return the paths written, by stage."""
+    """Ingest the sample log, train XSimGCL, evaluate it, serve it and query it once; return the paths."""
     dataset = cfg.workdir / "dataset"
     logger.info(
-        "[1/3] ingest: recsys ingest --format csv --input %s --time-col timestamp --rating-col rating "
+        "[1/4] ingest: recsys ingest --format csv --input %s --time-col timestamp --rating-col rating "
         "--min-user-interactions 3 --min-item-interactions 3 --split temporal --out %s --force",
         cfg.log,
         dataset,
@@ -65,7 +70,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Path]:
     )
     model = cfg.workdir / "xsimgcl"
     logger.info(
-        "[2/3] train: recsys train --dataset %s --model xsimgcl --cl-weight 0.05 --batch-size 256 "
+        "[2/4] train: recsys train --dataset %s --model xsimgcl --cl-weight 0.05 --batch-size 256 "
         "--epochs 20 --out %s --force",
         dataset,
         model,
@@ -75,7 +80,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Path]:
         f"train   -> {model}: XSimGCL, best epoch {trained.best_epoch} of {len(trained.history)}, "
         f"{trained.seconds:.0f} s"
     )
-    logger.info("[3/3] evaluate: recsys evaluate --artifact %s --dataset %s --split test", model, dataset)
+    logger.info("[3/4] evaluate: recsys evaluate --artifact %s --dataset %s --split test", model, dataset)
     artifact = load_artifact(model)
     report = evaluate_split(
         load_dataset(dataset),
@@ -87,4 +92,16 @@ def run_demo(cfg: DemoConfig) -> dict[str, Path]:
     )
     print("evaluate -> test split, honest protocol (selected on valid):")
     print(format_report(report))
+
+    user = artifact.users["raw_id"][0]
+    logger.info(
+        "[4/4] serve: recsys serve --artifact %s --port %d, then one query, then stop", model, cfg.port
+    )
+    with running(ServeArgs(artifact=str(model.resolve())), port=cfg.port) as url:
+        query = f"{url}/recommend/{user}?k=5"
+        with urllib.request.urlopen(query, timeout=120) as response:
+            answer = json.loads(response.read())
+        print(f"serve   -> {url} (Ray Serve); GET {query}:")
+        print(json.dumps(answer, indent=2))
+    print("service stopped. Run it yourself with: recsys serve --artifact " + str(model))
     return {"dataset": dataset, "model": model}

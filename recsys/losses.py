@@ -43,6 +43,130 @@ def info_nce(view_a: Tensor, view_b: Tensor, temperature: float) -> Tensor:
     return -torch.diagonal(F.log_softmax(logits, dim=1)).mean()
 
 
+def info_nce_full(
+    anchors: Tensor,
+    keys: Tensor,
+    positive_index: Tensor,
+    temperature: float,
+    key_weight: Tensor | None = None,
+) -> Tensor:
+    r"""InfoNCE with every node of the side as a negative (exact), mean over the anchors.
+
+    With :math:`a_u` and :math:`k_v` the L2-normalised anchor and key rows, :math:`p(u)` the index of
+    anchor u's positive among the keys and :math:`\omega_v` the key weights (1 by default),
+
+    .. math::
+        \mathcal{L}_{full} = \frac{1}{B} \sum_u \Big[ \log \sum_{v=1}^{N} \omega_v
+            \exp(a_u \cdot k_v / \tau) - a_u \cdot k_{p(u)} / \tau \Big]
+
+    The positive stays in the denominator, as in SimGCL. Costs a ``(B, N)`` logit matrix (and as much
+    again for its gradient); :func:`info_nce_metanode` estimates the same loss at ``(B, K)``.
+
+    Args:
+        anchors: Anchor rows (the batch's nodes in the first view), shape ``(B, d)``.
+        keys: All N nodes of the side in the second view, shape ``(N, d)``.
+        positive_index: Row of each anchor's positive in ``keys``, shape ``(B,)``, int64.
+        temperature: τ.
+        key_weight: Optional non-negative weights ω, shape ``(N,)``; no gradient flows into them. A key of
+            weight 0 is no negative.
+
+    Returns:
+        The loss, a 0-dim tensor.
+    """
+    a, k = F.normalize(anchors, dim=1), F.normalize(keys, dim=1)
+    if key_weight is None:
+        logits = (a / temperature) @ k.T
+    else:
+        logits = torch.addmm(key_weight.detach().to(k.dtype).log(), a / temperature, k.T)
+    positive = (a * k[positive_index]).sum(1) / temperature
+    return (torch.logsumexp(logits, dim=1) - positive).mean()
+
+
+def info_nce_metanode(
+    anchors: Tensor,
+    keys: Tensor,
+    positive_index: Tensor,
+    assignment: Tensor,
+    temperature: float,
+    *,
+    num_clusters: int,
+    second_order: bool = True,
+    key_weight: Tensor | None = None,
+) -> Tensor:
+    r"""Meta-node estimate of :func:`info_nce_full`: the N keys enter the denominator as K cluster means.
+
+    Each key v belongs to the cluster :math:`c(v)` (hard, fixed: no gradient through the assignment).
+    From the current unit keys, with gradient (only the mass :math:`n_k` has none):
+
+    .. math::
+        n_k = \sum_{c(v)=k} \omega_v, \qquad
+        m_k = \frac{1}{n_k} \sum_{c(v)=k} \omega_v k_v, \qquad
+        s^2_{kj} = \frac{1}{n_k} \sum_{c(v)=k} \omega_v (k_{vj} - m_{kj})^2
+
+    (:math:`m_k` is the mean of unit vectors and is *not* renormalised; :math:`s^2` is computed centred, in
+    two passes). The logits are
+
+    .. math::
+        \ell_{uk} = \log n_k + \frac{a_u \cdot m_k}{\tau}
+            \Big[ + \frac{1}{2\tau^2} \sum_j a_{uj}^2 s^2_{kj} \Big]_{\text{second order}}
+
+    with empty clusters (:math:`n_k = 0`) excluded (logit :math:`-\infty`), and
+
+    .. math::
+        \mathcal{L}_{meta} = \frac{1}{B} \sum_u \Big[ \operatorname{logsumexp}_k \ell_{uk}
+            - a_u \cdot k_{p(u)} / \tau \Big]
+
+    The positive term is exact. The first order uses :math:`E[e^x] \approx e^{E x}` within a cluster (a
+    lower bound, by Jensen), the second order :math:`e^{E x + \operatorname{Var} x / 2}` with the diagonal of
+    the cluster covariance. With K = N and :math:`c(v) = v` the estimate equals :math:`\mathcal{L}_{full}`,
+    gradients included. Cost ``O(N d + B K d)`` time and ``O(B K + K d)`` memory.
+
+    Args:
+        anchors: Anchor rows, shape ``(B, d)``.
+        keys: All N nodes of the side in the second view, shape ``(N, d)``.
+        positive_index: Row of each anchor's positive in ``keys``, shape ``(B,)``, int64.
+        assignment: Cluster of each key, shape ``(N,)``, int64 in ``[0, num_clusters)``; ids never used
+            are empty clusters and are ignored.
+        temperature: τ.
+        num_clusters: K.
+        second_order: Add the diagonal-variance term (default); ``False`` gives the first order.
+        key_weight: Optional non-negative weights ω, shape ``(N,)``; no gradient flows into them.
+
+    Returns:
+        The loss, a 0-dim tensor.
+    """
+    if assignment.shape != keys.shape[:1]:
+        shape = tuple(assignment.shape)
+        msg = f"assignment must have shape ({keys.size(0)},), one cluster per key, got {shape}"
+        raise ValueError(msg)
+    a, k = F.normalize(anchors, dim=1), F.normalize(keys, dim=1)
+    weight = None if key_weight is None else key_weight.detach().to(k.dtype)
+    if weight is None:  # uniform: skip the (N, d) products by ω = 1
+        mass = torch.bincount(assignment, minlength=num_clusters).to(k.dtype)
+    else:
+        mass = torch.zeros(num_clusters, dtype=k.dtype, device=k.device).index_add_(0, assignment, weight)
+    empty = mass <= 0
+    safe_mass = torch.where(empty, torch.ones_like(mass), mass)  # empty clusters: m = s² = 0, then -inf
+
+    def cluster_mean(values: Tensor) -> Tensor:  # (N, d) -> (K, d): (1/n_k) Σ_{c(v)=k} ω_v values_v
+        weighted = values if weight is None else weight[:, None] * values
+        total = torch.zeros(num_clusters, values.size(1), dtype=k.dtype, device=k.device)
+        return total.index_add(0, assignment, weighted) / safe_mass[:, None]
+
+    means = cluster_mean(k)
+    # One (B, K) product for all terms: the scales go on the (B, d) side and log n_k (with -inf for empty
+    # clusters) is the bias, which saves (B, K)-sized element-wise passes, forward and backward.
+    queries, centres = a / temperature, means
+    if second_order:
+        var = cluster_mean((k - means[assignment]).square())
+        queries = torch.cat([queries, a.square() / (2 * temperature**2)], dim=1)
+        centres = torch.cat([means, var], dim=1)
+    bias = safe_mass.log().masked_fill(empty, float("-inf"))
+    logits = torch.addmm(bias, queries, centres.T)
+    positive = (a * k[positive_index]).sum(1) / temperature
+    return (torch.logsumexp(logits, dim=1) - positive).mean()
+
+
 def l2_reg(*embeddings: Tensor) -> Tensor:
     r"""L2 regulariser as in the SimGCL/XSimGCL authors' code: :math:`\sum_e \lVert e \rVert_F / B_e`.
 

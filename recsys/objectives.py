@@ -2,18 +2,26 @@
 
 Each objective runs the model's forward pass(es) for a batch and returns the loss terms separately, for
 logging; the terms follow the authors' code (SELFRec) so published numbers are comparable.
+
+Every objective is called as ``OBJECTIVES[name](model, adj, batch, cfg, generator, negatives=None)``. The
+optional keyword ``negatives`` carries the per-run state of the contrastive negatives
+(:class:`recsys.metanode.ContrastiveNegatives`: k-means assignments, key weights, probe). It is a keyword
+with a default, rather than a sixth positional argument or state bound into the functions, so that
+``OBJECTIVES`` stays a dict of plain functions, every existing caller (mf/lightgcn, benchmarks, tests) keeps
+working unchanged, and the one stateful object is created and refreshed by the training loop alone.
+``None`` means the stateless in-batch negatives of the published SimGCL/XSimGCL.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import Tensor
 
 from recsys.config import TrainConfig
-from recsys.losses import bpr_loss, info_nce, l2_reg
+from recsys.losses import bpr_loss, l2_reg
+from recsys.metanode import ContrastiveNegatives
 from recsys.models import EmbeddingModel, Embeddings
 
 
@@ -34,7 +42,21 @@ class Losses(NamedTuple):
     reg: Tensor
 
 
-Objective = Callable[[EmbeddingModel, Tensor | None, Batch, TrainConfig, torch.Generator | None], Losses]
+class Objective(Protocol):
+    """``(model, adj, batch, cfg, generator, *, negatives=None) -> Losses``: one training step's loss."""
+
+    def __call__(
+        self,
+        model: EmbeddingModel,
+        adj: Tensor | None,
+        batch: Batch,
+        cfg: TrainConfig,
+        generator: torch.Generator | None,
+        *,
+        negatives: ContrastiveNegatives | None = None,
+    ) -> Losses:
+        """Loss terms of ``batch``."""
+        ...
 
 
 def _bpr(emb: Embeddings, batch: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -42,11 +64,30 @@ def _bpr(emb: Embeddings, batch: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor]
     return bpr_loss((u * p).sum(-1), (u * n).sum(-1)), u, p, n
 
 
-def _cl(view_a: Embeddings, view_b: Embeddings, batch: Batch, temperature: float) -> Tensor:
-    """InfoNCE over the batch's unique users plus over its unique positive items."""
+def _cl(
+    view_a: Embeddings,
+    view_b: Embeddings,
+    batch: Batch,
+    cfg: TrainConfig,
+    negatives: ContrastiveNegatives | None,
+) -> Tensor:
+    """InfoNCE over the batch's unique users plus over its unique positive items.
+
+    Anchors are the batch's nodes in ``view_a``; the negatives are the batch's nodes in ``view_b``
+    (in-batch), or all nodes of the side (``full``/``metanode``), as ``cfg.cl_negatives`` says.
+    """
+    assert cfg.temperature is not None, "resolve the config first"
+    if negatives is None:
+        negatives = ContrastiveNegatives()
+    if negatives.mode != cfg.cl_negatives:
+        msg = (
+            f"cl_negatives={cfg.cl_negatives!r} needs negatives=ContrastiveNegatives.from_config(...), "
+            f"got mode {negatives.mode!r}"
+        )
+        raise ValueError(msg)
     users, items = torch.unique(batch.users), torch.unique(batch.pos)
-    return info_nce(view_a.user[users], view_b.user[users], temperature) + info_nce(
-        view_a.item[items], view_b.item[items], temperature
+    return negatives.loss(view_a.user, view_b.user, users, 0, cfg.temperature) + negatives.loss(
+        view_a.item, view_b.item, items, 1, cfg.temperature
     )
 
 
@@ -56,8 +97,10 @@ def bpr_objective(
     batch: Batch,
     cfg: TrainConfig,
     generator: torch.Generator | None,
+    *,
+    negatives: ContrastiveNegatives | None = None,
 ) -> Losses:
-    """MF and LightGCN: BPR on the output, L2 on the layer-0 embeddings of the batch."""
+    """MF and LightGCN: BPR on the output, L2 on the layer-0 embeddings of the batch (no ``negatives``)."""
     bpr, *_ = _bpr(model(adj).final, batch)
     reg = cfg.reg_weight * l2_reg(
         model.user_emb[batch.users], model.item_emb[batch.pos], model.item_emb[batch.neg]
@@ -71,6 +114,8 @@ def simgcl_objective(
     batch: Batch,
     cfg: TrainConfig,
     generator: torch.Generator | None,
+    *,
+    negatives: ContrastiveNegatives | None = None,
 ) -> Losses:
     """SimGCL: BPR on a clean pass, InfoNCE between two independently perturbed passes."""
     assert cfg.cl_weight is not None and cfg.temperature is not None, "resolve the config first"
@@ -78,7 +123,7 @@ def simgcl_objective(
     reg = cfg.reg_weight * l2_reg(u, p)
     view_a = model(adj, perturbed=True, generator=generator).final
     view_b = model(adj, perturbed=True, generator=generator).final
-    cl = cfg.cl_weight * _cl(view_a, view_b, batch, cfg.temperature)
+    cl = cfg.cl_weight * _cl(view_a, view_b, batch, cfg, negatives)
     return Losses(bpr + reg + cl, bpr, cl, reg)
 
 
@@ -88,6 +133,8 @@ def xsimgcl_objective(
     batch: Batch,
     cfg: TrainConfig,
     generator: torch.Generator | None,
+    *,
+    negatives: ContrastiveNegatives | None = None,
 ) -> Losses:
     """XSimGCL: one perturbed pass; BPR on its output, InfoNCE between its output and layer l*."""
     assert cfg.cl_weight is not None and cfg.temperature is not None, "resolve the config first"
@@ -95,7 +142,7 @@ def xsimgcl_objective(
     assert views.cl is not None
     bpr, u, p, _ = _bpr(views.final, batch)
     reg = cfg.reg_weight * l2_reg(u, p)
-    cl = cfg.cl_weight * _cl(views.final, views.cl, batch, cfg.temperature)
+    cl = cfg.cl_weight * _cl(views.final, views.cl, batch, cfg, negatives)
     return Losses(bpr + reg + cl, bpr, cl, reg)
 
 

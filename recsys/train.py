@@ -16,7 +16,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from recsys.dataset import Dataset
 from recsys.errors import InputError
 from recsys.evaluate import evaluate_embeddings
 from recsys.graph import build_graph
+from recsys.metanode import ContrastiveNegatives
 from recsys.metrics import DEFAULT_KS
 from recsys.models import EmbeddingModel, Embeddings, build_model
 from recsys.objectives import OBJECTIVES, Batch
@@ -133,13 +134,14 @@ def fit(
     sampler = NegativeSampler(pairs, dataset.num_items).to(device)
     sample_rng = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     noise_rng = torch.Generator(device=device).manual_seed(cfg.seed + 2)
+    negatives = ContrastiveNegatives.from_config(cfg, pairs, dataset.num_users, dataset.num_items)
     ks = tuple(sorted({*DEFAULT_KS, int(cfg.metric.split("@")[1])})) if "@" in cfg.metric else DEFAULT_KS
     truth = dataset.split(eval_split).to(device)
     exclude = exclude.to(device)
 
     state = _State()
     if resume:
-        state = _load_checkpoint(checkpoint_dir, cfg, model, optimizer, sample_rng, noise_rng)
+        state = _load_checkpoint(checkpoint_dir, cfg, model, optimizer, sample_rng, noise_rng, negatives)
         logger.info(
             "resumed from epoch %d (best %s %.4f at epoch %d)",
             state.epoch,
@@ -152,13 +154,14 @@ def fit(
         epoch = state.epoch + 1
         tic = time.perf_counter()
         model.train()
+        negatives.refresh(model, adj, epoch)  # k-means of the meta-node negatives; else a no-op
         batches = epoch_batches(pairs, sampler, cfg.batch_size, sample_rng)
         sums = torch.zeros(len(LOSS_TERMS), device=device)
         bar = tqdm(
             batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=not progress, leave=False
         )
         for step, batch in enumerate(bar, start=1):
-            losses = objective(model, adj, batch, cfg, noise_rng)
+            losses = objective(model, adj, batch, cfg, noise_rng, negatives=negatives)
             optimizer.zero_grad(set_to_none=True)
             losses.total.backward()
             optimizer.step()
@@ -169,6 +172,7 @@ def fit(
         record.update(
             {k: round(v, 6) for k, v in zip(LOSS_TERMS, (sums / pairs.size(1)).tolist(), strict=True)}
         )
+        record.update(negatives.epoch_stats())  # probe_gap, probe_grad_cos when probing
         record["train_seconds"] = round(time.perf_counter() - tic, 3)
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             metrics = _evaluate(model, adj, truth, exclude, ks)
@@ -184,7 +188,7 @@ def fit(
         state.history.append(record)
         logger.info(_describe(record, eval_split, cfg.metric))
         if checkpoint_dir is not None:
-            _save_checkpoint(checkpoint_dir, cfg, state, model, optimizer, sample_rng, noise_rng)
+            _save_checkpoint(checkpoint_dir, cfg, state, model, optimizer, sample_rng, noise_rng, negatives)
         if callback is not None:
             callback(record)
     if state.bad_evals >= cfg.patience:
@@ -270,6 +274,7 @@ def _save_checkpoint(
     optimizer: torch.optim.Optimizer,
     sample_rng: torch.Generator,
     noise_rng: torch.Generator,
+    negatives: ContrastiveNegatives,
 ) -> None:
     """Everything needed to continue bit-for-bit, as tensors and plain values (``weights_only`` loadable)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -285,6 +290,7 @@ def _save_checkpoint(
         "optimizer": optimizer.state_dict(),
         "sample_rng": sample_rng.get_state(),
         "noise_rng": noise_rng.get_state(),
+        "negatives": negatives.state_dict(),
     }
     tmp = directory / f".{CHECKPOINT_FILE}.tmp"
     torch.save(payload, tmp)
@@ -299,6 +305,7 @@ def _load_checkpoint(
     optimizer: torch.optim.Optimizer,
     sample_rng: torch.Generator,
     noise_rng: torch.Generator,
+    negatives: ContrastiveNegatives,
 ) -> _State:
     if directory is None or not (directory / CHECKPOINT_FILE).is_file():
         msg = f"--resume: no checkpoint at {directory}/{CHECKPOINT_FILE}"
@@ -309,14 +316,17 @@ def _load_checkpoint(
     except Exception as exc:
         msg = f"--resume: cannot read {path}: {exc}"
         raise InputError(msg) from exc
-    if payload["config"] != cfg.to_dict():
-        changed = sorted(k for k, v in cfg.to_dict().items() if payload["config"].get(k) != v)
+    # A key the checkpoint lacks is a field added since it was written: it ran with that field's default.
+    saved = {**{f.name: f.default for f in fields(TrainConfig)}, **payload["config"]}
+    if saved != cfg.to_dict():
+        changed = sorted(k for k, v in cfg.to_dict().items() if saved.get(k) != v)
         msg = f"--resume: the checkpoint at {path} was made with a different config ({', '.join(changed)})"
         raise InputError(msg)
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     sample_rng.set_state(payload["sample_rng"])
     noise_rng.set_state(payload["noise_rng"])
+    negatives.load_state_dict(payload.get("negatives", {}))  # k-means clusters and their generator
     return _State(
         epoch=payload["epoch"],
         best_epoch=payload["best_epoch"],

@@ -6,7 +6,6 @@ and hot reload of the artifact behind a bearer token. Build it with :func:`build
 ``import_path`` target of a Serve config file: ``serving.app:build_app``).
 """
 
-
 import asyncio
 import logging
 import secrets
@@ -58,7 +57,9 @@ api = FastAPI(
 
 @api.exception_handler(UnknownIdError)
 async def _unknown_id(_: Request, exc: UnknownIdError) -> JSONResponse:
-    return JSONResponse(status_code=404, content={"detail": str(exc), "unknown_ids": exc.ids, "kind": exc.kind})
+    return JSONResponse(
+        status_code=404, content={"detail": str(exc), "unknown_ids": exc.ids, "kind": exc.kind}
+    )
 
 
 @api.exception_handler(InputError)
@@ -78,8 +79,9 @@ class RecommenderService:
     def __init__(self, args: ServeArgs) -> None:
         self.args = args
         self.recommender = Recommender.from_artifact(args.artifact)
-        self._batched_recommend.set_max_batch_size(args.max_batch_size)
-        self._batched_recommend.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
+        # @serve.batch adds these setters to the method; mypy sees only the undecorated signature.
+        self._batched_recommend.set_max_batch_size(args.max_batch_size)  # type: ignore[attr-defined]
+        self._batched_recommend.set_batch_wait_timeout_s(args.batch_wait_timeout_s)  # type: ignore[attr-defined]
         self._reload_lock = asyncio.Lock()
         logger.info("serving %s (%s)", args.artifact, self.recommender.model_version)
 
@@ -95,7 +97,7 @@ class RecommenderService:
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
     async def _batched_recommend(self, queries: list[tuple[str, int, bool]]) -> list[Recommendation | None]:
-        """Many single-user queries, one matrix product per ``exclude_seen`` value; ``None`` = unknown user."""
+        """Many single-user queries, one matrix product per ``exclude_seen`` value (``None``: unknown user)."""
         recommender = self.recommender  # one model for the whole batch, even if a reload swaps it meanwhile
         out: list[Recommendation | None] = [None] * len(queries)
         for exclude_seen in (True, False):
@@ -119,7 +121,9 @@ class RecommenderService:
         user_id: str,
         k: int = Query(20, description="list length"),
         exclude_seen: bool = Query(True, description="drop the user's training items"),
-        fallback: str | None = Query(None, pattern="^popular$", description="'popular': answer unknown users"),
+        fallback: str | None = Query(
+            None, pattern="^popular$", description="'popular': answer unknown users"
+        ),
     ) -> UserRecommendation:
         """Top-k items for one known user (404 for an unknown one, unless ``fallback=popular``)."""
         self._check_k(k)
@@ -133,7 +137,10 @@ class RecommenderService:
             if fallback == "popular":
                 popular = recommender.popular(k)
                 return UserRecommendation(
-                    user_id=user_id, items=_items(popular), model_version=recommender.model_version, fallback=fallback
+                    user_id=user_id,
+                    items=_items(popular),
+                    model_version=recommender.model_version,
+                    fallback=fallback,
                 )
             raise UnknownIdError(kind="user", ids=[user_id])
         return UserRecommendation(user_id=user_id, items=_items(rec), model_version=recommender.model_version)
@@ -145,10 +152,13 @@ class RecommenderService:
         if len(body.user_ids) > self.args.max_batch_users:
             raise HTTPException(
                 status_code=413,
-                detail=f"{len(body.user_ids)} users in one request; at most {self.args.max_batch_users} allowed",
+                detail=f"{len(body.user_ids)} users in one request; at most {self.args.max_batch_users} "
+                "allowed",
             )
         if body.fallback not in (None, "popular"):
-            raise HTTPException(status_code=422, detail=f"fallback must be 'popular' or absent, got {body.fallback!r}")
+            raise HTTPException(
+                status_code=422, detail=f"fallback must be 'popular' or absent, got {body.fallback!r}"
+            )
         recommender = self.recommender
         indices = recommender.user_indices(body.user_ids)
         known = [u for u, i in zip(body.user_ids, indices, strict=True) if i is not None]
@@ -163,10 +173,14 @@ class RecommenderService:
             if index is None:
                 assert popular is not None
                 results.append(
-                    UserRecommendation(user_id=user, items=_items(popular), model_version=version, fallback="popular")
+                    UserRecommendation(
+                        user_id=user, items=_items(popular), model_version=version, fallback="popular"
+                    )
                 )
             else:
-                results.append(UserRecommendation(user_id=user, items=_items(next(recs)), model_version=version))
+                results.append(
+                    UserRecommendation(user_id=user, items=_items(next(recs)), model_version=version)
+                )
         return BatchResponse(results=results, unknown_user_ids=unknown, model_version=version)
 
     @api.post("/recommend/new-user", response_model=NewUserResponse)
@@ -175,7 +189,9 @@ class RecommenderService:
         self._check_k(body.k)
         recommender = self.recommender
         rec, unknown = recommender.recommend_new_user(body.item_ids, body.k, exclude_seen=body.exclude_seen)
-        return NewUserResponse(items=_items(rec), unknown_item_ids=unknown, model_version=recommender.model_version)
+        return NewUserResponse(
+            items=_items(rec), unknown_item_ids=unknown, model_version=recommender.model_version
+        )
 
     @api.get("/similar/{item_id}", response_model=SimilarResponse)
     async def similar(self, item_id: str, k: int = Query(20, description="list length")) -> SimilarResponse:
@@ -205,20 +221,26 @@ class RecommenderService:
         )
 
     @api.post("/admin/reload", response_model=ModelInfo)
-    async def reload(self, body: ReloadRequest | None = None, authorization: str | None = Header(None)) -> ModelInfo:
+    async def reload(
+        self, body: ReloadRequest | None = None, authorization: str | None = Header(None)
+    ) -> ModelInfo:
         """Load another artifact (or re-read the current one) and swap to it without failing a request.
 
         The new model is loaded next to the old one, which keeps answering until a single reference swap.
         Requires ``Authorization: Bearer <token>`` with the token given at start-up; without one, disabled.
         """
         if self.args.admin_token is None:
-            raise HTTPException(status_code=403, detail="admin endpoints are disabled (start with --admin-token)")
+            raise HTTPException(
+                status_code=403, detail="admin endpoints are disabled (start with --admin-token)"
+            )
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not secrets.compare_digest(token, self.args.admin_token):
             raise HTTPException(status_code=401, detail="missing or wrong bearer token")
         path = body.artifact if body and body.artifact else self.args.artifact
         async with self._reload_lock:
-            new = await asyncio.to_thread(Recommender.from_artifact, path)  # InputError -> 422, old model kept
+            new = await asyncio.to_thread(
+                Recommender.from_artifact, path
+            )  # InputError -> 422, old model kept
             self.recommender, self.args = new, self.args.model_copy(update={"artifact": path})
         logger.info("reloaded %s (%s)", path, new.model_version)
         return await self.model()
@@ -227,6 +249,6 @@ class RecommenderService:
 def build_app(args: dict[str, Any] | ServeArgs) -> Application:
     """The application for ``serve.run`` (or ``serve run serving.app:build_app artifact=...``)."""
     parsed = args if isinstance(args, ServeArgs) else ServeArgs(**args)
-    return RecommenderService.options(
+    return RecommenderService.options(  # type: ignore[attr-defined]  # @serve.deployment makes it a Deployment
         num_replicas=parsed.num_replicas, max_ongoing_requests=parsed.max_ongoing_requests
     ).bind(parsed)

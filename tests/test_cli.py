@@ -1,4 +1,5 @@
 import argparse
+import json
 import re
 from pathlib import Path
 
@@ -22,7 +23,7 @@ def test_every_option_of_every_command_is_explained():
                 assert action.help, f"recsys {name} {action.option_strings} has no help text"
 
 
-@pytest.mark.parametrize("command", ["ingest", "generate", "demo"])
+@pytest.mark.parametrize("command", ["ingest", "generate", "train", "evaluate", "serve", "recommend", "demo"])
 def test_help_shows_defaults(command, capsys):
     with pytest.raises(SystemExit) as exc:
         main([command, "--help"])
@@ -40,10 +41,15 @@ def test_ci_runs_the_readme_test_command():
     assert commands[0].startswith("python3 -m venv .venv && .venv/bin/pip install -q torch==2.13.0")
 
 
-def test_demo_ingests_the_bundled_sample(tmp_path, capsys):
-    assert (
-        main(["demo", "--workdir", str(tmp_path), "--log", str(REPO / "data/sample/interactions.csv")]) == 0
-    )
+@pytest.mark.serve
+def test_demo_runs_the_whole_job_and_beats_popularity(tmp_path, capsys):
+    """The Quick start's main job: ingest, train, evaluate, serve and one query, on the bundled sample."""
+    argv = ["demo", "-q", "--workdir", str(tmp_path), "--log", str(REPO / "data/sample/interactions.csv")]
+    assert main([*argv, "--port", "18765"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"ingest  -> .*dataset: \d[\d,]* users, \d[\d,]* items", out)
-    assert (tmp_path / "dataset" / "meta.json").is_file()
+    rows = dict(re.findall(r"^(xsimgcl|most-popular) +([0-9.]+)", out.split("recall@20")[1], re.M))
+    assert float(rows["xsimgcl"]) > 1.5 * float(rows["most-popular"])
+    answer, _ = json.JSONDecoder().raw_decode(out.split("?k=5:\n")[1])
+    assert len(answer["items"]) == 5 and answer["model_version"]
+    assert (tmp_path / "xsimgcl" / "embeddings.pt").is_file()

@@ -27,8 +27,15 @@ def rec(tmp_path_factory):
     user = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     item = torch.tensor([[3.0, 0.0], [2.0, 1.0], [0.0, 2.0], [1.0, 1.0]])
     write_artifact(
-        root / "art", dataset=data, config={"model": "mf"}, state_dict={"embedding": torch.cat([user, item])},
-        user_emb=user, item_emb=item, train_pairs=train, metrics={}, history=[{"epoch": 1, "loss": 0.5}],
+        root / "art",
+        dataset=data,
+        config={"model": "mf"},
+        state_dict={"embedding": torch.cat([user, item])},
+        user_emb=user,
+        item_emb=item,
+        train_pairs=train,
+        metrics={},
+        history=[{"epoch": 1, "loss": 0.5}],
     )
     return Recommender.from_artifact(root / "art")
 
@@ -83,7 +90,9 @@ def test_fold_in_equals_the_aggregation_formula(rec):
 
 
 def test_similar_items_are_symmetric_and_exclude_the_item(rec):
-    sims = {i: dict(zip(*(lambda r: (r.items, r.scores))(rec.similar_items(i, k=3)), strict=True)) for i in ITEMS}
+    sims = {
+        i: dict(zip(*(lambda r: (r.items, r.scores))(rec.similar_items(i, k=3)), strict=True)) for i in ITEMS
+    }
     for a in ITEMS:
         assert a not in sims[a]
         for b, s in sims[a].items():

@@ -96,6 +96,67 @@ def test_resume_ends_exactly_as_an_uninterrupted_run(dataset_dir, tmp_path):
         )
 
 
+def test_resume_with_metanode_negatives_ends_exactly_as_an_uninterrupted_run(dataset_dir, tmp_path):
+    """The k-means state (clusters, generator, probe counters) travels in the checkpoint (issue #5)."""
+    from recsys.dataset import load_dataset
+
+    data = load_dataset(dataset_dir)
+    cfg = TrainConfig(
+        model="simgcl",
+        embedding_dim=16,
+        batch_size=256,
+        epochs=4,
+        patience=10,
+        seed=3,
+        cl_negatives="metanode",
+        metanode_clusters=8,
+        metanode_full_below=0,
+        metanode_refresh_epochs=2,
+        metanode_probe_every=3,
+    )
+    full = fit(data, cfg, progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_two(record):
+        if record["epoch"] == 2:
+            raise Killed
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(Killed):
+        fit(data, cfg, checkpoint_dir=ckpt, progress=False, callback=kill_after_two)
+    resumed = fit(data, cfg, checkpoint_dir=ckpt, resume=True, progress=False)
+    assert torch.equal(full.embeddings.user, resumed.embeddings.user)
+    assert torch.equal(full.embeddings.item, resumed.embeddings.item)
+    strip = [{k: v for k, v in r.items() if "seconds" not in k} for r in full.history]
+    assert strip == [{k: v for k, v in r.items() if "seconds" not in k} for r in resumed.history]
+    assert "probe_gap" in full.history[-1]
+
+
+def test_resume_accepts_a_checkpoint_written_before_the_negatives_options(dataset_dir, tmp_path):
+    """A checkpoint without the fields added for issue #5 ran with their defaults: it can be resumed."""
+    from recsys.dataset import load_dataset
+    from recsys.train import CHECKPOINT_FILE
+
+    data = load_dataset(dataset_dir)
+    cfg = TrainConfig(model="mf", embedding_dim=8, batch_size=512, epochs=2, seed=1)
+    ckpt = tmp_path / "ckpt"
+
+    def stop(record):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(data, cfg, checkpoint_dir=ckpt, progress=False, callback=stop)
+    payload = torch.load(ckpt / CHECKPOINT_FILE, weights_only=True)
+    payload["config"] = {
+        k: v for k, v in payload["config"].items() if not k.startswith(("cl_neg", "metanode"))
+    }
+    del payload["negatives"]
+    torch.save(payload, ckpt / CHECKPOINT_FILE)
+    assert len(fit(data, cfg, checkpoint_dir=ckpt, resume=True, progress=False).history) == 2
+
+
 def test_artifact_round_trip_gives_identical_scores(dataset_dir, tmp_path):
     out = tmp_path / "art"
     cfg = TrainConfig(model="lightgcn", embedding_dim=16, batch_size=256, epochs=3, seed=1)

@@ -1,0 +1,358 @@
+"""Meta-node InfoNCE (design: shared/design/metanode-contrastive.md, section 6), k-means and wiring."""
+
+import math
+
+import pytest
+import torch
+from test_train import two_communities
+
+from recsys.cli import build_parser
+from recsys.config import TrainConfig, config_from_dict
+from recsys.errors import InputError
+from recsys.graph import build_graph
+from recsys.losses import info_nce, info_nce_full, info_nce_metanode
+from recsys.metanode import ContrastiveNegatives, spherical_kmeans
+from recsys.models import build_model
+from recsys.objectives import OBJECTIVES, Batch
+from recsys.train import fit
+
+TAU = 0.2
+
+
+def views(n, b, d, dtype=torch.float64, seed=0):
+    """Random anchor rows (B, d), keys (N, d) and the anchors' positive index, all with gradient."""
+    g = torch.Generator().manual_seed(seed)
+    keys = torch.randn(n, d, generator=g, dtype=dtype)
+    index = torch.randperm(n, generator=g)[:b]
+    anchors = keys[index] + 0.3 * torch.randn(b, d, generator=g, dtype=dtype)
+    return anchors.requires_grad_(True), keys.requires_grad_(True), index
+
+
+def loss_and_grads(fn, anchors, keys):
+    loss = fn(anchors, keys)
+    ga, gk = torch.autograd.grad(loss, (anchors, keys))
+    return loss.detach(), ga, gk
+
+
+def rel(x, y):
+    return ((x - y).norm() / y.norm()).item()
+
+
+def meta(anchors, keys, index, assignment, k, second_order, weight=None):
+    return info_nce_metanode(
+        anchors, keys, index, assignment, TAU, num_clusters=k, second_order=second_order, key_weight=weight
+    )
+
+
+@pytest.mark.parametrize("second_order", [False, True])
+def test_exact_at_k_equals_n_in_float64(second_order):
+    anchors, keys, index = views(n=3000, b=1024, d=64)
+    ident = torch.arange(3000)
+    exact = loss_and_grads(lambda a, k: info_nce_full(a, k, index, TAU), anchors, keys)
+    approx = loss_and_grads(lambda a, k: meta(a, k, index, ident, 3000, second_order), anchors, keys)
+    assert abs(approx[0].item() - exact[0].item()) <= 1e-10
+    assert rel(approx[1], exact[1]) <= 1e-10 and rel(approx[2], exact[2]) <= 1e-10
+
+
+def test_exact_at_k_equals_n_in_float32():
+    # The note's N = 50k takes ~3 s on one thread; N = 12k keeps the same check under a second.
+    anchors, keys, index = views(n=12_000, b=512, d=64, dtype=torch.float32)
+    ident = torch.arange(12_000)
+    exact = loss_and_grads(lambda a, k: info_nce_full(a, k, index, TAU), anchors, keys)
+    approx = loss_and_grads(lambda a, k: meta(a, k, index, ident, 12_000, True), anchors, keys)
+    assert abs(approx[0].item() - exact[0].item()) <= 1e-5 * abs(exact[0].item())
+    assert rel(approx[1], exact[1]) <= 1e-5 and rel(approx[2], exact[2]) <= 1e-5
+
+
+@pytest.mark.parametrize("second_order", [False, True])
+def test_batch_as_keys_gives_the_in_batch_info_nce(second_order):
+    anchors, keys, _ = views(n=300, b=300, d=16)
+    view_b = keys[torch.randperm(300, generator=torch.Generator().manual_seed(1))]
+    ident = torch.arange(300)
+    torch.testing.assert_close(
+        meta(anchors, view_b, ident, ident, 300, second_order), info_nce(anchors, view_b, TAU)
+    )
+
+
+def test_one_cluster_first_order_closed_form():
+    anchors, keys, index = views(n=500, b=64, d=8)
+    a, k = torch.nn.functional.normalize(anchors, dim=1), torch.nn.functional.normalize(keys, dim=1)
+    mean = k.mean(0)
+    expected = (math.log(500) + a @ mean / TAU - (a * k[index]).sum(1) / TAU).mean()
+    got = meta(anchors, keys, index, torch.zeros(500, dtype=torch.long), 1, False)
+    torch.testing.assert_close(got, expected)
+
+
+def hoeffding_bound(keys, assignment, k):
+    unit = torch.nn.functional.normalize(keys, dim=1)
+    means = torch.zeros(k, unit.size(1), dtype=unit.dtype).index_add_(0, assignment, unit)
+    means = means / torch.bincount(assignment, minlength=k).clamp_min(1)[:, None]
+    radius = (unit - means[assignment]).norm(dim=1).max()
+    return (radius**2 / (2 * TAU**2)).item()
+
+
+def test_first_order_gap_is_within_jensen_and_hoeffding_bounds():
+    anchors, keys, index = views(n=600, b=128, d=16)
+    anchors, keys = anchors.detach(), keys.detach()
+    full = info_nce_full(anchors, keys, index, TAU).item()
+    g = torch.Generator().manual_seed(5)
+    random_assignment = torch.randint(20, (600,), generator=g)
+    kmeans_assignment = spherical_kmeans(keys, 20, generator=g).assignment
+    for assignment in (random_assignment, kmeans_assignment):
+        gap = full - meta(anchors, keys, index, assignment, 20, False).item()
+        assert 0 <= gap <= hoeffding_bound(keys, assignment, 20)
+    # k-means clusters are tighter than random ones: a smaller gap.
+    gaps = [
+        full - meta(anchors, keys, index, c, 20, False).item() for c in (random_assignment, kmeans_assignment)
+    ]
+    assert gaps[1] < gaps[0]
+
+
+def test_splitting_clusters_never_lowers_the_first_order_loss():
+    anchors, keys, index = views(n=64, b=32, d=8)
+    rank = torch.randperm(64, generator=torch.Generator().manual_seed(2))
+    losses = [meta(anchors, keys, index, rank >> (6 - level), 2**level, False).item() for level in range(7)]
+    assert all(b >= a - 1e-12 for a, b in zip(losses, losses[1:], strict=False))
+    assert abs(losses[-1] - info_nce_full(anchors, keys, index, TAU).item()) < 1e-12
+    assert losses[-1] > losses[0]
+
+
+@pytest.mark.parametrize("second_order", [False, True])
+def test_unused_cluster_ids_are_ignored(second_order):
+    anchors, keys, index = views(n=60, b=16, d=8)
+    compact = torch.arange(60) % 3
+    sparse = torch.tensor([0, 2, 5])[compact]  # ids 1, 3, 4, 6, 7 empty
+    got = meta(anchors, keys, index, sparse, 8, second_order)
+    grads = torch.autograd.grad(got, (anchors, keys))
+    assert torch.isfinite(got) and all(torch.isfinite(x).all() for x in grads)
+    torch.testing.assert_close(got, meta(anchors, keys, index, compact, 3, second_order))
+
+
+@pytest.mark.parametrize("second_order", [False, True])
+def test_gradcheck(second_order):
+    anchors, keys, index = views(n=7, b=3, d=4)
+    assignment = torch.tensor([0, 1, 1, 2, 0, 2, 2])
+    assert torch.autograd.gradcheck(
+        lambda a, k: meta(a, k, index, assignment, 3, second_order), (anchors, keys)
+    )
+
+
+@pytest.mark.parametrize("second_order", [False, True])
+def test_degree_weights_exact_at_k_equals_n(second_order):
+    anchors, keys, index = views(n=400, b=64, d=16)
+    degree = torch.randint(1, 50, (400,), generator=torch.Generator().manual_seed(4)).double()
+    weight = 400 * degree / degree.sum()
+    ident = torch.arange(400)
+    exact = loss_and_grads(lambda a, k: info_nce_full(a, k, index, TAU, weight), anchors, keys)
+    approx = loss_and_grads(lambda a, k: meta(a, k, index, ident, 400, second_order, weight), anchors, keys)
+    assert abs(approx[0].item() - exact[0].item()) <= 1e-10
+    assert rel(approx[1], exact[1]) <= 1e-10 and rel(approx[2], exact[2]) <= 1e-10
+
+
+def test_weighted_full_loss_against_a_loop():
+    anchors, keys, index = views(n=5, b=3, d=4)
+    weight = torch.tensor([0.5, 2.0, 0.0, 1.0, 1.5], dtype=torch.float64)
+    a = [x / x.norm() for x in anchors.detach()]
+    k = [x / x.norm() for x in keys.detach()]
+    total = 0.0
+    for u in range(3):
+        denominator = sum(float(weight[v]) * math.exp(float(a[u] @ k[v]) / TAU) for v in range(5))
+        total += math.log(denominator) - float(a[u] @ k[int(index[u])]) / TAU
+    assert abs(info_nce_full(anchors, keys, index, TAU, weight).item() - total / 3) < 1e-12
+
+
+# k-means ------------------------------------------------------------------------------------------------
+
+
+def blobs(centres=4, per=25, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centre = torch.nn.functional.normalize(torch.randn(centres, d, generator=g), dim=1)
+    return (centre.repeat_interleave(per, 0) + 0.05 * torch.randn(centres * per, d, generator=g)).float()
+
+
+def test_kmeans_reseeds_an_empty_cluster_at_a_node():
+    x = torch.cat(
+        [torch.tensor([[1.0, 0.1, 0, 0]]).repeat(10, 1), torch.tensor([[0.1, 1.0, 0, 0]]).repeat(10, 1)]
+    )
+    x = x + 0.01 * torch.rand(20, 4, generator=torch.Generator().manual_seed(0))
+    init = torch.eye(4)[:3]  # the third centroid is orthogonal to every point: it gets no members
+    result = spherical_kmeans(x, 3, generator=torch.Generator().manual_seed(1), iters=1, init=init)
+    unit = torch.nn.functional.normalize(x, dim=1)
+    assert torch.isclose((unit @ result.centroids[2]).max(), torch.tensor(1.0))
+    assert (torch.bincount(result.assignment, minlength=3) > 0).all()
+
+
+def test_kmeans_warm_start_from_converged_centroids_is_a_fixed_point():
+    x = blobs()
+    cold = spherical_kmeans(x, 4, generator=torch.Generator().manual_seed(0), iters=10)
+    assert sorted(torch.bincount(cold.assignment).tolist()) == [25, 25, 25, 25]
+    warm = spherical_kmeans(x, 4, generator=torch.Generator().manual_seed(9), iters=3, init=cold.centroids)
+    assert torch.equal(warm.assignment, cold.assignment)
+    torch.testing.assert_close(warm.centroids, cold.centroids)
+    assert torch.allclose(cold.centroids.norm(dim=1), torch.ones(4))
+
+
+def test_kmeans_clips_k_to_n_and_checks_init():
+    x = blobs(centres=5, per=1)
+    result = spherical_kmeans(x, 10, generator=torch.Generator().manual_seed(0))
+    assert result.centroids.shape == (5, 8)
+    assert sorted(result.assignment.tolist()) == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match=r"init must have shape \(5, 8\)"):
+        spherical_kmeans(x, 10, generator=torch.Generator(), init=torch.randn(10, 8))
+
+
+def test_kmeans_fits_a_subsample_then_assigns_every_node():
+    x = blobs(centres=3, per=40)
+    result = spherical_kmeans(
+        x, 3, generator=torch.Generator().manual_seed(0), max_fit_nodes=50, fit_sample=30
+    )
+    unit = torch.nn.functional.normalize(x, dim=1)
+    assert result.assignment.shape == (120,)
+    assert torch.equal(result.assignment, (unit @ result.centroids.T).argmax(1))
+    assert sorted(torch.bincount(result.assignment).tolist()) == [40, 40, 40]
+
+
+# Wiring: the per-run state, the objectives, fit, config and CLI ------------------------------------------
+
+
+def metanode_cfg(model="simgcl", **kw):
+    values = {
+        "model": model,
+        "embedding_dim": 8,
+        "cl_negatives": "metanode",
+        "metanode_clusters": 4,
+        "metanode_full_below": 0,
+        **kw,
+    }
+    return TrainConfig(**values).resolved()
+
+
+def test_refresh_schedule_and_state_round_trip():
+    data = two_communities()
+    graph = build_graph(data.train, data.num_users, data.num_items)
+    cfg = metanode_cfg(metanode_refresh_epochs=2)
+    model = build_model(cfg, data.num_users, data.num_items)
+    negatives = ContrastiveNegatives.from_config(cfg, data.train, data.num_users, data.num_items)
+    negatives.refresh(model, graph.adj, 1)
+    first = negatives.assignment[0]
+    assert first is not None and first.shape == (16,) and negatives.centroids[1].shape == (4, 8)
+    negatives.refresh(model, graph.adj, 2)
+    assert negatives.assignment[0] is first  # not a refresh epoch
+    copy = ContrastiveNegatives.from_config(cfg, data.train, data.num_users, data.num_items)
+    copy.load_state_dict(negatives.state_dict())
+    negatives.refresh(model, graph.adj, 3)
+    copy.refresh(model, graph.adj, 3)
+    assert torch.equal(copy.assignment[1], negatives.assignment[1])
+    assert torch.equal(copy.centroids[0], negatives.centroids[0])
+    for mode in ("in_batch", "full"):
+        other = ContrastiveNegatives.from_config(
+            TrainConfig(model="simgcl", cl_negatives=mode), data.train, data.num_users, data.num_items
+        )
+        other.refresh(model, graph.adj, 1)
+        assert other.assignment == [None, None]
+
+
+def test_probe_leaves_the_training_gradient_unchanged():
+    data = two_communities()
+    graph = build_graph(data.train, data.num_users, data.num_items)
+    batch = Batch(torch.tensor([0, 3, 9]), torch.tensor([1, 2, 12]), torch.tensor([10, 11, 4]))
+    grads, stats = [], []
+    for probe_every in (0, 1):
+        cfg = metanode_cfg(model="xsimgcl", metanode_probe_every=probe_every)
+        model = build_model(cfg, data.num_users, data.num_items)
+        model.reset_parameters(torch.Generator().manual_seed(0))
+        negatives = ContrastiveNegatives.from_config(cfg, data.train, data.num_users, data.num_items)
+        negatives.refresh(model, graph.adj, 1)
+        losses = OBJECTIVES["xsimgcl"](
+            model, graph.adj, batch, cfg, torch.Generator().manual_seed(1), negatives=negatives
+        )
+        losses.total.backward()
+        grads.append(model.embedding.grad)
+        stats.append(negatives.epoch_stats())
+    assert torch.equal(grads[0], grads[1])
+    assert stats[0] == {} and set(stats[1]) == {"probe_gap", "probe_grad_cos"}
+    assert -1 <= stats[1]["probe_grad_cos"] <= 1 and math.isfinite(stats[1]["probe_gap"])
+
+
+def test_objective_without_negatives_state_refuses_metanode():
+    data = two_communities()
+    graph = build_graph(data.train, data.num_users, data.num_items)
+    cfg = metanode_cfg()
+    model = build_model(cfg, data.num_users, data.num_items)
+    batch = Batch(torch.tensor([0]), torch.tensor([1]), torch.tensor([10]))
+    with pytest.raises(ValueError, match="needs negatives="):
+        OBJECTIVES["simgcl"](model, graph.adj, batch, cfg, None)
+    with pytest.raises(RuntimeError, match="call refresh"):
+        negatives = ContrastiveNegatives.from_config(cfg, data.train, data.num_users, data.num_items)
+        OBJECTIVES["simgcl"](model, graph.adj, batch, cfg, None, negatives=negatives)
+
+
+@pytest.mark.parametrize("model", ["simgcl", "xsimgcl"])
+def test_training_with_metanode_negatives_decreases_the_loss(model):
+    cfg = metanode_cfg(model=model, lr=0.01, batch_size=32, epochs=12, patience=12, metanode_probe_every=2)
+    result = fit(two_communities(), cfg, progress=False)
+    losses = [r["loss"] for r in result.history]
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < losses[0]
+    assert all(-1 <= r["probe_grad_cos"] <= 1 for r in result.history)
+
+
+def test_full_negatives_train_and_differ_from_in_batch():
+    data = two_communities()
+    base = {"model": "simgcl", "embedding_dim": 8, "lr": 0.01, "batch_size": 32, "epochs": 2, "patience": 2}
+    full = fit(data, TrainConfig(**base, cl_negatives="full"), progress=False)
+    in_batch = fit(data, TrainConfig(**base), progress=False)
+    assert all(math.isfinite(r["cl"]) for r in full.history)
+    # All 16 users are negatives instead of the ~batch's 16: different loss values.
+    assert full.history[0]["cl"] != in_batch.history[0]["cl"]
+
+
+@pytest.mark.parametrize(
+    ("values", "match"),
+    [
+        ({"model": "simgcl", "cl_negatives": "all"}, "unknown cl_negatives 'all'"),
+        ({"model": "lightgcn", "cl_negatives": "metanode"}, "needs a contrastive model"),
+        ({"model": "simgcl", "metanode_key_weight": "pop"}, "unknown metanode_key_weight 'pop'"),
+        ({"model": "simgcl", "metanode_clusters": 0}, "metanode_clusters must be an integer >= 1, got 0"),
+        ({"model": "simgcl", "metanode_refresh_epochs": 0}, "metanode_refresh_epochs must be"),
+        ({"model": "simgcl", "metanode_kmeans_iters": 1.5}, "metanode_kmeans_iters must be an integer"),
+        ({"model": "simgcl", "metanode_full_below": -1}, "metanode_full_below must be an integer >= 0"),
+        ({"model": "simgcl", "metanode_probe_every": -2}, "metanode_probe_every must be"),
+        (
+            {"model": "simgcl", "metanode_second_order": "false"},
+            "metanode_second_order must be true or false",
+        ),
+    ],
+)
+def test_config_rejects_bad_negatives_options(values, match):
+    with pytest.raises(InputError, match=match):
+        config_from_dict(values)
+
+
+def test_cli_flags_for_the_negatives_options():
+    base = ["train", "--dataset", "d", "--out", "o"]
+    args = build_parser().parse_args(
+        [
+            *base,
+            "--cl-negatives",
+            "metanode",
+            "--metanode-second-order",
+            "false",
+            "--metanode-clusters",
+            "256",
+        ]
+    )
+    assert (args.cl_negatives, args.metanode_second_order, args.metanode_clusters) == ("metanode", False, 256)
+    assert build_parser().parse_args([*base, "--metanode-second-order", "True"]).metanode_second_order is True
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*base, "--metanode-second-order", "maybe"])
+
+
+def test_degree_weights_come_from_the_training_graph():
+    train = torch.tensor([[0, 0, 0, 1], [0, 1, 2, 2]])  # user 2 and item 3 have no interactions
+    cfg = TrainConfig(model="simgcl", cl_negatives="full", metanode_key_weight="degree")
+    user_w, item_w = ContrastiveNegatives.from_config(cfg, train, 3, 4).key_weights
+    torch.testing.assert_close(user_w, torch.tensor([2.25, 0.75, 0.0]))
+    torch.testing.assert_close(item_w, torch.tensor([1.0, 1.0, 2.0, 0.0]))
+    result = fit(two_communities(), metanode_cfg(metanode_key_weight="degree", epochs=2), progress=False)
+    assert all(math.isfinite(r["cl"]) for r in result.history)
