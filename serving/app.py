@@ -97,7 +97,7 @@ class RecommenderService:
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
     async def _batched_recommend(self, queries: list[tuple[str, int, bool]]) -> list[Recommendation | None]:
-        """Many single-user queries, one matrix product per ``exclude_seen`` value (``None``: unknown user)."""
+        """Single-user queries batched: one matrix product per ``exclude_seen`` value; None = unknown."""
         recommender = self.recommender  # one model for the whole batch, even if a reload swaps it meanwhile
         out: list[Recommendation | None] = [None] * len(queries)
         for exclude_seen in (True, False):
