@@ -36,7 +36,7 @@ from pipelines import IngestConfig, ingest
 from pipelines.readers import LogSpec
 from recsys.config import TrainConfig
 from recsys.dataset import Dataset, load_dataset
-from recsys.graph import build_graph, propagate
+from recsys.graph import NodeOrder, build_graph, propagate
 from recsys.models import build_model
 from recsys.objectives import OBJECTIVES
 from recsys.sampling import NegativeSampler
@@ -80,6 +80,7 @@ def speed(data: Dataset, model_name: str, threads: int) -> dict[str, float | str
     torch.set_num_threads(threads)
     cfg = TrainConfig(model=model_name, protocol="paper").resolved()
     pairs = torch.cat([data.train, data.valid], dim=1)
+    pairs = NodeOrder.locality(pairs, data.num_users, data.num_items).pairs(pairs)  # as fit() does
     graph = build_graph(pairs, data.num_users, data.num_items)
     adj = None if model_name == "mf" else graph.adj
     model = build_model(cfg, data.num_users, data.num_items)

@@ -28,7 +28,7 @@ from recsys.config import TrainConfig
 from recsys.dataset import Dataset
 from recsys.errors import InputError
 from recsys.evaluate import evaluate_embeddings
-from recsys.graph import build_graph
+from recsys.graph import NodeOrder, build_graph
 from recsys.metanode import ContrastiveNegatives
 from recsys.metrics import DEFAULT_KS
 from recsys.models import EmbeddingModel, Embeddings, build_model
@@ -123,6 +123,9 @@ def fit(
     if pairs.size(1) == 0:
         msg = f"{dataset.path}: no training interactions"
         raise InputError(msg)
+    # Train in a cache-friendly labelling of users and items; results are mapped back at the end.
+    order = NodeOrder.locality(pairs, dataset.num_users, dataset.num_items)
+    original_pairs, pairs, exclude = pairs, order.pairs(pairs), order.pairs(exclude)
     graph = build_graph(pairs, dataset.num_users, dataset.num_items).to(device)
     adj = None if cfg.model == "mf" else graph.adj
     model = build_model(cfg, dataset.num_users, dataset.num_items)
@@ -136,7 +139,7 @@ def fit(
     noise_rng = torch.Generator(device=device).manual_seed(cfg.seed + 2)
     negatives = ContrastiveNegatives.from_config(cfg, pairs, dataset.num_users, dataset.num_items)
     ks = tuple(sorted({*DEFAULT_KS, int(cfg.metric.split("@")[1])})) if "@" in cfg.metric else DEFAULT_KS
-    truth = dataset.split(eval_split).to(device)
+    truth = order.pairs(dataset.split(eval_split)).to(device)
     exclude = exclude.to(device)
 
     state = _State()
@@ -200,12 +203,15 @@ def fit(
         )
 
     model.load_state_dict(state.best_state)
-    embeddings = model.get_embedding(adj)
     selection = next(r[eval_split] for r in state.history if r["epoch"] == state.best_epoch)
     if cfg.protocol == "honest":
-        test = _evaluate(model, adj, dataset.test.to(device), exclude_for_test(dataset).to(device), ks)
+        test_pairs, test_exclude = order.pairs(dataset.test), order.pairs(exclude_for_test(dataset))
+        test = _evaluate(model, adj, test_pairs.to(device), test_exclude.to(device), ks)
     else:
         test = selection
+    embeddings = Embeddings(*order.restore(*model.get_embedding(adj)))
+    with torch.no_grad():  # weights back in the dataset's labels, for the artifact
+        model.embedding.copy_(torch.cat(order.restore(model.user_emb, model.item_emb)))
     model.cpu()
     return TrainResult(
         config=cfg,
@@ -216,7 +222,7 @@ def fit(
         test=test,
         history=state.history,
         seconds=round(time.perf_counter() - start, 3),
-        train_pairs=pairs.cpu(),
+        train_pairs=original_pairs.cpu(),
     )
 
 

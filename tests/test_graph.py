@@ -1,7 +1,7 @@
 import torch
 from torch_geometric.nn import LightGCN as PygLightGCN
 
-from recsys.graph import build_graph, propagate
+from recsys.graph import NodeOrder, build_graph, propagate
 from recsys.models import LightGCN
 
 
@@ -63,3 +63,28 @@ def test_lightgcn_equals_pyg_reference():
     expected = ref.get_embedding(g.edge_index)
     emb = ours.get_embedding(g.adj)
     torch.testing.assert_close(torch.cat([emb.user, emb.item]), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_node_order_relabels_within_sides_and_restores():
+    torch.manual_seed(1)
+    num_users, num_items = 12, 9
+    train = torch.unique(
+        torch.stack([torch.randint(num_users, (40,)), torch.randint(num_items, (40,))]), dim=1
+    )
+    order = NodeOrder.locality(train, num_users, num_items)
+    assert sorted(order.user_rank.tolist()) == list(range(num_users))
+    assert sorted(order.item_rank.tolist()) == list(range(num_items))
+    relabelled = order.pairs(train)
+    # Propagating in the new labels and mapping back equals propagating in the original labels.
+    model = LightGCN(num_users, num_items, embedding_dim=4, num_layers=2)
+    original = model.get_embedding(build_graph(train, num_users, num_items).adj)
+    with torch.no_grad():
+        user_new = torch.empty_like(model.user_emb)
+        item_new = torch.empty_like(model.item_emb)
+        user_new[order.user_rank] = model.user_emb
+        item_new[order.item_rank] = model.item_emb
+        model.embedding.copy_(torch.cat([user_new, item_new]))
+    moved = model.get_embedding(build_graph(relabelled, num_users, num_items).adj)
+    user, item = order.restore(moved.user, moved.item)
+    torch.testing.assert_close(user, original.user)
+    torch.testing.assert_close(item, original.item)
