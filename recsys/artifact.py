@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 import recsys
-from recsys.atomic import atomic_directory
+from recsys.atomic import atomic_directory, check_directory
 from recsys.dataset import Dataset
 from recsys.errors import InputError
 
@@ -143,13 +143,7 @@ def load_artifact(path: Path) -> Artifact:
         InputError: a file is missing, unreadable or inconsistent with the others (the message names it).
     """
     path = Path(path)
-    if not path.is_dir():
-        msg = f"{path}: no such artifact directory (train one with `recsys train`)"
-        raise InputError(msg)
-    missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
-    if missing:
-        msg = f"{path}: not a complete artifact, missing {', '.join(missing)}"
-        raise InputError(msg)
+    check_directory(path, REQUIRED_FILES, kind="artifact", hint="train one with `recsys train`")
     config = _read_json(path / "config.json")
     if config.get("format_version") != ARTIFACT_FORMAT_VERSION:
         msg = (

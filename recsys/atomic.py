@@ -1,4 +1,4 @@
-"""Write a directory so that readers see all of it or none of it."""
+"""Directories as units: written so readers see all of it or none, checked as a whole when read."""
 
 from __future__ import annotations
 
@@ -9,6 +9,24 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from recsys.errors import InputError
+
+
+def check_directory(path: Path, required: tuple[str, ...], *, kind: str, hint: str) -> None:
+    """Fail with one clear message when ``path`` is not a directory holding every file in ``required``.
+
+    Args:
+        path: The directory to check.
+        required: File names that must exist in it.
+        kind: What the directory should be ("dataset", "artifact"), for the message.
+        hint: How to make one, for the message when the directory is missing.
+    """
+    if not path.is_dir():
+        msg = f"{path}: no such {kind} directory ({hint})"
+        raise InputError(msg)
+    missing = [name for name in required if not (path / name).is_file()]
+    if missing:
+        msg = f"{path}: not a complete {kind} directory, missing {', '.join(missing)}"
+        raise InputError(msg)
 
 
 def check_writable(dest: Path, *, force: bool) -> None:

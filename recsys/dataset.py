@@ -10,6 +10,7 @@ from typing import Any
 import polars as pl
 import torch
 
+from recsys.atomic import check_directory
 from recsys.errors import InputError
 
 SPLIT_NAMES = ("train", "valid", "test")
@@ -54,13 +55,7 @@ def load_dataset(path: Path) -> Dataset:
         InputError: the directory or one of its files is missing or unreadable.
     """
     path = Path(path)
-    if not path.is_dir():
-        msg = f"{path}: no such dataset directory (write one with `recsys ingest`)"
-        raise InputError(msg)
-    missing = [name for name in _REQUIRED if not (path / name).is_file()]
-    if missing:
-        msg = f"{path}: not a dataset directory, missing {', '.join(missing)}"
-        raise InputError(msg)
+    check_directory(path, _REQUIRED, kind="dataset", hint="write one with `recsys ingest`")
     try:
         meta = json.loads((path / "meta.json").read_text())
         tensors = {
