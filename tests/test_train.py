@@ -64,21 +64,18 @@ def dataset_dir(tmp_path_factory):
     return ingest(IngestConfig(out=root / "ds", spec=spec, input=log, split="temporal")).out
 
 
-def test_resume_ends_exactly_as_an_uninterrupted_run(dataset_dir, tmp_path):
-    from recsys.dataset import load_dataset
+class Killed(Exception):
+    """Stands for a kill of the training process."""
 
-    data = load_dataset(dataset_dir)
-    cfg = TrainConfig(model="xsimgcl", embedding_dim=16, batch_size=256, epochs=4, patience=10, seed=3)
+
+def check_resume_matches(data, cfg, ckpt):
+    """Kill a run after epoch 2, resume it, and assert it ends exactly as an uninterrupted run."""
     full = fit(data, cfg, progress=False)
-
-    class Killed(Exception):
-        pass
 
     def kill_after_two(record):
         if record["epoch"] == 2:
             raise Killed
 
-    ckpt = tmp_path / "ckpt"
     with pytest.raises(Killed):
         fit(data, cfg, checkpoint_dir=ckpt, progress=False, callback=kill_after_two)
     resumed = fit(data, cfg, checkpoint_dir=ckpt, resume=True, progress=False)
@@ -86,6 +83,16 @@ def test_resume_ends_exactly_as_an_uninterrupted_run(dataset_dir, tmp_path):
     assert torch.equal(full.embeddings.item, resumed.embeddings.item)
     strip = [{k: v for k, v in r.items() if "seconds" not in k} for r in full.history]
     assert strip == [{k: v for k, v in r.items() if "seconds" not in k} for r in resumed.history]
+    return full
+
+
+def test_resume_ends_exactly_as_an_uninterrupted_run(dataset_dir, tmp_path):
+    from recsys.dataset import load_dataset
+
+    data = load_dataset(dataset_dir)
+    cfg = TrainConfig(model="xsimgcl", embedding_dim=16, batch_size=256, epochs=4, patience=10, seed=3)
+    ckpt = tmp_path / "ckpt"
+    check_resume_matches(data, cfg, ckpt)
     with pytest.raises(InputError, match="different config"):
         fit(
             data,
@@ -114,23 +121,7 @@ def test_resume_with_metanode_negatives_ends_exactly_as_an_uninterrupted_run(dat
         metanode_refresh_epochs=2,
         metanode_probe_every=3,
     )
-    full = fit(data, cfg, progress=False)
-
-    class Killed(Exception):
-        pass
-
-    def kill_after_two(record):
-        if record["epoch"] == 2:
-            raise Killed
-
-    ckpt = tmp_path / "ckpt"
-    with pytest.raises(Killed):
-        fit(data, cfg, checkpoint_dir=ckpt, progress=False, callback=kill_after_two)
-    resumed = fit(data, cfg, checkpoint_dir=ckpt, resume=True, progress=False)
-    assert torch.equal(full.embeddings.user, resumed.embeddings.user)
-    assert torch.equal(full.embeddings.item, resumed.embeddings.item)
-    strip = [{k: v for k, v in r.items() if "seconds" not in k} for r in full.history]
-    assert strip == [{k: v for k, v in r.items() if "seconds" not in k} for r in resumed.history]
+    full = check_resume_matches(data, cfg, tmp_path / "ckpt")
     assert "probe_gap" in full.history[-1]
 
 
