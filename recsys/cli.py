@@ -334,12 +334,13 @@ def _run_serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    from recsys.artifact import REQUIRED_FILES
+    from recsys.atomic import check_directory
     from serving.app import ServeArgs
     from serving.runner import start, stop
 
-    if not (args.artifact / "config.json").is_file():
-        msg = f"{args.artifact}: not an artifact directory (train one with `recsys train`)"
-        raise InputError(msg)
+    # Fail here, before Ray starts, rather than in a replica's constructor.
+    check_directory(args.artifact, REQUIRED_FILES, kind="artifact", hint="train one with `recsys train`")
     serve_args = ServeArgs(
         artifact=str(args.artifact.resolve()),
         max_k=args.max_k,
