@@ -22,7 +22,7 @@ from torch import Tensor
 from recsys.config import TrainConfig
 from recsys.losses import bpr_loss, l2_reg
 from recsys.metanode import ContrastiveNegatives
-from recsys.models import EmbeddingModel, Embeddings
+from recsys.models import EmbeddingModel, Embeddings, SimGCL
 
 
 class Batch(NamedTuple):
@@ -117,12 +117,15 @@ def simgcl_objective(
     *,
     negatives: ContrastiveNegatives | None = None,
 ) -> Losses:
-    """SimGCL: BPR on a clean pass, InfoNCE between two independently perturbed passes."""
+    """SimGCL: BPR on a clean pass, InfoNCE between two independently perturbed passes.
+
+    The three passes share one differentiable propagation (:meth:`SimGCL.clean_and_perturbed`).
+    """
     assert cfg.cl_weight is not None and cfg.temperature is not None, "resolve the config first"
-    bpr, u, p, _ = _bpr(model(adj).final, batch)
+    assert isinstance(model, SimGCL) and adj is not None, "the SimGCL objective needs a SimGCL and a graph"
+    clean, (view_a, view_b) = model.clean_and_perturbed(adj, 2, generator)
+    bpr, u, p, _ = _bpr(clean, batch)
     reg = cfg.reg_weight * l2_reg(u, p)
-    view_a = model(adj, perturbed=True, generator=generator).final
-    view_b = model(adj, perturbed=True, generator=generator).final
     cl = cfg.cl_weight * _cl(view_a, view_b, batch, cfg, negatives)
     return Losses(bpr + reg + cl, bpr, cl, reg)
 

@@ -98,6 +98,11 @@ def test_simgcl_objective_against_a_hand_computation():
     cl = 0.5 * (naive_info_nce(a[[0, 2]], b[[0, 2]], 0.2) + naive_info_nce(a[[5, 7]], b[[5, 7]], 0.2))
     torch.testing.assert_close(losses.bpr, bpr)
     torch.testing.assert_close(losses.cl, cl)
+    # The shared propagation must also give the gradients of three separate passes.
+    reg = 1e-4 * l2_reg(u, p)
+    (shared,) = torch.autograd.grad(losses.total, model.embedding)
+    (separate,) = torch.autograd.grad(bpr + cl + reg, model.embedding)
+    torch.testing.assert_close(shared, separate)
 
 
 def test_negative_sampler_never_returns_a_positive():

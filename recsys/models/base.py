@@ -90,6 +90,12 @@ def uniform_noise(x: Tensor, eps: float, generator: torch.Generator | None = Non
     autograd (``sign`` has zero gradient), so it is built in place without a graph: adding it costs the
     backward pass nothing.
 
+    Why the uniforms come from 64-bit random integers: on CPU ``torch.rand`` of a gowalla-sized
+    ``(70k, 64)`` table took 32-46 ms here (a quarter of an XSimGCL step), while ``torch.randint`` over the
+    full int64 range fills the same bytes several times faster. Each int64 is read as four uniform int16s,
+    shifted to ``[0, 2^16)``; the scale is irrelevant because every row is normalised, and 16 bits of
+    resolution are far finer than anything a random direction needs.
+
     Args:
         x: Embeddings, shape ``(N, d)``.
         eps: The noise magnitude ε.
@@ -99,6 +105,10 @@ def uniform_noise(x: Tensor, eps: float, generator: torch.Generator | None = Non
         The noise, shape ``(N, d)`` (not added to ``x``; callers add it out of place).
     """
     with torch.no_grad():
-        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        rows, dim = x.shape
+        bits = torch.randint(
+            -(2**63), 2**63 - 1, (rows, (dim + 3) // 4), generator=generator, device=x.device, dtype=torch.int64
+        )
+        noise = bits.view(torch.int16)[:, :dim].to(x.dtype).add_(2.0**15)
         noise.mul_(eps / noise.norm(dim=-1, keepdim=True).clamp_min_(1e-12))
         return noise.mul_(torch.sign(x))

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from recsys.graph import propagate
-from recsys.models.base import EmbeddingModel, Views, uniform_noise
+from recsys.models.base import EmbeddingModel, Embeddings, Views, uniform_noise
 
 
 class LightGCN(EmbeddingModel):
@@ -86,6 +86,41 @@ class SimGCL(LightGCN):
         assert adj is not None, "SimGCL needs the normalised adjacency"
         layers = self.layers(adj, self.noise_eps if perturbed else 0.0, generator)[1:]
         return Views(self.split(_mean(layers)))
+
+    def clean_and_perturbed(
+        self, adj: Tensor, count: int, generator: torch.Generator | None = None
+    ) -> tuple[Embeddings, list[Embeddings]]:
+        r"""The clean output and ``count`` perturbed ones, all from one differentiable propagation.
+
+        Equal to one clean and ``count`` perturbed :meth:`forward` calls (same generator order), at about
+        a third of the cost. Why it is exact: the noise is a constant for autograd, so a perturbed layer
+        is the clean layer plus a constant offset,
+
+        .. math::
+            E'^{(l)} = E^{(l)} + \delta^{(l)}, \qquad
+            \delta^{(l)} = \hat A \delta^{(l-1)} + \mathrm{sign}(E^{(l)} + \hat A \delta^{(l-1)})
+            \odot \bar\Delta^{(l)} \epsilon, \qquad \delta^{(0)} = 0,
+
+        and a view is the clean output plus the mean of its offsets. Only the clean propagation needs a
+        backward; each view adds ``L - 1`` gradient-free sparse products for its offsets instead of a
+        full propagation forward and backward (12 sparse products per SimGCL step become 6 for L = 2).
+        """
+        layers = self.layers(adj)[1:]
+        clean = _mean(layers)
+        views = []
+        for _ in range(count):
+            with torch.no_grad():
+                offsets, delta = [], None
+                for layer in layers:
+                    spread = None if delta is None else propagate(adj, delta)
+                    base = layer if spread is None else layer + spread
+                    delta = uniform_noise(base, self.noise_eps, generator)
+                    if spread is not None:
+                        delta.add_(spread)
+                    offsets.append(delta)
+                offset = _mean(offsets)
+            views.append(self.split(clean + offset))
+        return self.split(clean), views
 
 
 class XSimGCL(LightGCN):
