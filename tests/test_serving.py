@@ -31,8 +31,14 @@ def make_artifact(root, name, item_scale=1.0):
     user = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     item = torch.tensor([[3.0, 0.0], [2.0, 1.0], [0.0, 2.0], [1.0, 1.0]]) * item_scale
     return write_artifact(
-        root / name, dataset=data, config={"model": "mf"}, state_dict={"embedding": torch.cat([user, item])},
-        user_emb=user, item_emb=item, train_pairs=train, metrics={"test": {"recall@20": 0.5}},
+        root / name,
+        dataset=data,
+        config={"model": "mf"},
+        state_dict={"embedding": torch.cat([user, item])},
+        user_emb=user,
+        item_emb=item,
+        train_pairs=train,
+        metrics={"test": {"recall@20": 0.5}},
         history=[{"epoch": 1, "loss": 0.5}],
     )
 

@@ -107,7 +107,12 @@ def uniform_noise(x: Tensor, eps: float, generator: torch.Generator | None = Non
     with torch.no_grad():
         rows, dim = x.shape
         bits = torch.randint(
-            -(2**63), 2**63 - 1, (rows, (dim + 3) // 4), generator=generator, device=x.device, dtype=torch.int64
+            -(2**63),
+            2**63 - 1,
+            (rows, (dim + 3) // 4),
+            generator=generator,
+            device=x.device,
+            dtype=torch.int64,
         )
         noise = bits.view(torch.int16)[:, :dim].to(x.dtype).add_(2.0**15)
         noise.mul_(eps / noise.norm(dim=-1, keepdim=True).clamp_min_(1e-12))
