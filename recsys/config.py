@@ -54,6 +54,7 @@ class TrainConfig:
         metanode_refresh_epochs: Re-run k-means every this many epochs.
         metanode_kmeans_iters: Lloyd iterations of the first k-means (later ones: 3, warm-started).
         metanode_full_below: A side with at most this many nodes uses the exact ``full`` loss.
+        metanode_detach: No gradient through the meta-nodes' means and variances (anchors only).
         metanode_key_weight: Key weights ω of ``full`` and ``metanode``: ``uniform`` or ``degree``
             (``ω_v = N·deg(v)/Σ deg``, close to the popularity weighting of in-batch negatives).
         metanode_probe_every: Every this many steps, log the gap to the exact loss and the anchor-gradient
@@ -84,6 +85,7 @@ class TrainConfig:
     metanode_refresh_epochs: int = 1
     metanode_kmeans_iters: int = 10
     metanode_full_below: int = 8192
+    metanode_detach: bool = False
     metanode_key_weight: str = "uniform"
     metanode_probe_every: int = 0
 
@@ -128,9 +130,10 @@ class TrainConfig:
                 f"expected one of {', '.join(KEY_WEIGHTS)}"
             )
             raise InputError(msg)
-        if not isinstance(self.metanode_second_order, bool):
-            msg = f"metanode_second_order must be true or false, got {self.metanode_second_order!r}"
-            raise InputError(msg)
+        for flag in ("metanode_second_order", "metanode_detach"):
+            if not isinstance(getattr(self, flag), bool):
+                msg = f"{flag} must be true or false, got {getattr(self, flag)!r}"
+                raise InputError(msg)
         minimum = {
             "metanode_clusters": 1,
             "metanode_refresh_epochs": 1,

@@ -92,6 +92,7 @@ def info_nce_metanode(
     num_clusters: int,
     second_order: bool = True,
     key_weight: Tensor | None = None,
+    detach_keys: bool = False,
 ) -> Tensor:
     r"""Meta-node estimate of :func:`info_nce_full`: the N keys enter the denominator as K cluster means.
 
@@ -131,6 +132,9 @@ def info_nce_metanode(
         num_clusters: K.
         second_order: Add the diagonal-variance term (default); ``False`` gives the first order.
         key_weight: Optional non-negative weights ω, shape ``(N,)``; no gradient flows into them.
+        detach_keys: No gradient through :math:`m_k` and :math:`s^2` (the negatives then move only the
+            anchors; the positive term keeps its gradient). Skips the ``(N, d)`` backward of the cluster
+            statistics.
 
     Returns:
         The loss, a 0-dim tensor.
@@ -153,12 +157,13 @@ def info_nce_metanode(
         total = torch.zeros(num_clusters, values.size(1), dtype=k.dtype, device=k.device)
         return total.index_add(0, assignment, weighted) / safe_mass[:, None]
 
-    means = cluster_mean(k)
+    stats_keys = k.detach() if detach_keys else k
+    means = cluster_mean(stats_keys)
     # One (B, K) product for all terms: the scales go on the (B, d) side and log n_k (with -inf for empty
     # clusters) is the bias, which saves (B, K)-sized element-wise passes, forward and backward.
     queries, centres = a / temperature, means
     if second_order:
-        var = cluster_mean((k - means[assignment]).square())
+        var = cluster_mean((stats_keys - means[assignment]).square())
         queries = torch.cat([queries, a.square() / (2 * temperature**2)], dim=1)
         centres = torch.cat([means, var], dim=1)
     bias = safe_mass.log().masked_fill(empty, float("-inf"))

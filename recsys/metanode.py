@@ -130,6 +130,7 @@ class ContrastiveNegatives:
         kmeans_iters: Lloyd iterations of the first refresh; later ones run ``min(3, kmeans_iters)``
             iterations warm-started from the previous centroids.
         full_below: A side with at most this many nodes uses the exact full loss, and is never clustered.
+        detach: No gradient through the meta-nodes' means and variances (anchors and positives only).
         key_weights: Optional key weights ω per side ``(users, items)``, shapes ``(U,)`` and ``(I,)``;
             used by ``full`` and ``metanode``.
         probe_every: In ``metanode`` mode, every this many steps also compute the exact loss on the batch
@@ -147,6 +148,7 @@ class ContrastiveNegatives:
         refresh_epochs: int = 1,
         kmeans_iters: int = 10,
         full_below: int = 8192,
+        detach: bool = False,
         key_weights: tuple[Tensor, Tensor] | None = None,
         probe_every: int = 0,
         generator: torch.Generator | None = None,
@@ -159,6 +161,7 @@ class ContrastiveNegatives:
             raise ValueError(msg)
         self.mode, self.num_clusters, self.second_order = mode, num_clusters, second_order
         self.refresh_epochs, self.kmeans_iters, self.full_below = refresh_epochs, kmeans_iters, full_below
+        self.detach = detach
         self.key_weights, self.probe_every, self.generator = key_weights, probe_every, generator
         self.centroids: list[Tensor | None] = [None, None]
         self.assignment: list[Tensor | None] = [None, None]
@@ -189,6 +192,7 @@ class ContrastiveNegatives:
             refresh_epochs=cfg.metanode_refresh_epochs,
             kmeans_iters=cfg.metanode_kmeans_iters,
             full_below=cfg.metanode_full_below,
+            detach=cfg.metanode_detach,
             key_weights=weights,
             probe_every=cfg.metanode_probe_every,
             generator=generator,
@@ -266,6 +270,7 @@ class ContrastiveNegatives:
             num_clusters=clusters.num_clusters,
             second_order=self.second_order,
             key_weight=weight,
+            detach_keys=self.detach,
         )
 
     def _probe(

@@ -138,6 +138,22 @@ def test_gradcheck(second_order):
 
 
 @pytest.mark.parametrize("second_order", [False, True])
+def test_detached_keys_keep_the_value_and_move_only_anchors_and_positives(second_order):
+    anchors, keys, index = views(n=200, b=16, d=8)
+    assignment = torch.arange(200) % 7
+    attached = meta(anchors, keys, index, assignment, 7, second_order)
+    detached = info_nce_metanode(
+        anchors, keys, index, assignment, TAU, num_clusters=7, second_order=second_order, detach_keys=True
+    )
+    torch.testing.assert_close(detached, attached)
+    (ga_att,) = torch.autograd.grad(attached, anchors)
+    ga, gk = torch.autograd.grad(detached, (anchors, keys))
+    torch.testing.assert_close(ga, ga_att)  # the anchors' gradient does not depend on detaching
+    moved = gk.abs().sum(1) > 0
+    assert set(moved.nonzero().flatten().tolist()) == set(index.tolist())  # only the positives' rows
+
+
+@pytest.mark.parametrize("second_order", [False, True])
 def test_degree_weights_exact_at_k_equals_n(second_order):
     anchors, keys, index = views(n=400, b=64, d=16)
     degree = torch.randint(1, 50, (400,), generator=torch.Generator().manual_seed(4)).double()
