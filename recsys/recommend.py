@@ -18,6 +18,7 @@ from torch import Tensor
 
 from recsys.artifact import Artifact, load_artifact
 from recsys.errors import InputError
+from recsys.retrieval import ItemIndex, build_index
 
 
 class UnknownIdError(InputError):
@@ -43,9 +44,19 @@ class Recommender:
     Args:
         artifact: A loaded artifact (see :func:`recsys.artifact.load_artifact`).
         device: Where the embeddings live and scoring runs.
+        retrieval: ``exact`` (default: every item scored) or an approximate faiss index, ``ivf`` or
+            ``hnsw``, for catalogues of millions of items. It serves :meth:`recommend` without an
+            ``include`` list; fold-in, similar items and ``include`` stay exact.
+        retrieval_options: Passed to :func:`recsys.retrieval.build_index` (e.g. ``nprobe``).
     """
 
-    def __init__(self, artifact: Artifact, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        artifact: Artifact,
+        device: torch.device | str = "cpu",
+        retrieval: str = "exact",
+        retrieval_options: dict[str, Any] | None = None,
+    ) -> None:
         self.artifact = artifact
         self.device = torch.device(device)
         self.user_emb = artifact.user_emb.to(self.device)
@@ -63,11 +74,21 @@ class Recommender:
         self._seen_indices = torch.from_numpy(artifact.seen_indices)
         self.item_degree = torch.bincount(self._seen_indices, minlength=self.num_items).to(self.device)
         self._popular = torch.argsort(self.item_degree, descending=True, stable=True)
+        self.retrieval = retrieval
+        self.index: ItemIndex | None = None
+        if retrieval != "exact":
+            self.index = build_index(self.item_emb, retrieval, **(retrieval_options or {}))
 
     @classmethod
-    def from_artifact(cls, path: Path | str, device: torch.device | str = "cpu") -> Recommender:
+    def from_artifact(
+        cls,
+        path: Path | str,
+        device: torch.device | str = "cpu",
+        retrieval: str = "exact",
+        retrieval_options: dict[str, Any] | None = None,
+    ) -> Recommender:
         """Load the artifact at ``path`` (validated; nothing is unpickled)."""
-        return cls(load_artifact(Path(path)), device)
+        return cls(load_artifact(Path(path)), device, retrieval, retrieval_options)
 
     @property
     def num_users(self) -> int:
@@ -118,10 +139,34 @@ class Recommender:
         if unknown:
             raise UnknownIdError(kind="user", ids=unknown)
         rows = torch.tensor(indices, dtype=torch.long, device=self.device)
+        if self.index is not None and include is None:
+            return self._approximate(rows, k, exclude_seen, exclude)
         scores = self.user_emb[rows] @ self.item_emb_t
         if exclude_seen:
-            self._mask_seen(scores, rows)
+            row_of, cols = self._seen_pairs(rows)
+            scores[row_of, cols] = -torch.inf
         return self._top(scores, k, exclude, include)
+
+    def _approximate(
+        self, rows: Tensor, k: int, exclude_seen: bool, exclude: Sequence[Any]
+    ) -> list[Recommendation]:
+        """Top-``k`` from the approximate index: over-fetch enough candidates to drop the excluded ones."""
+        if k < 1:
+            msg = f"k must be >= 1, got {k}"
+            raise InputError(msg)
+        assert self.index is not None
+        banned = self._known_items(exclude) if exclude else None
+        extra = len(exclude)
+        if exclude_seen:
+            extra += int((self._seen_indptr[rows.cpu() + 1] - self._seen_indptr[rows.cpu()]).max())
+        scores, items = self.index.search(self.user_emb[rows], min(k + extra, self.num_items))
+        if exclude_seen:  # a candidate is dropped when (its row, item) is a training pair
+            row_of, cols = self._seen_pairs(rows)
+            scores[torch.isin(_pair_keys(items, self.num_items), row_of * self.num_items + cols)] = -torch.inf
+        if banned is not None:
+            scores[torch.isin(items, banned)] = -torch.inf
+        top_scores, order = torch.topk(scores, min(k, scores.size(1)), dim=1)
+        return self._recommendations(top_scores, items.gather(1, order))
 
     def recommend_new_user(
         self, item_ids: Sequence[Any], k: int = 20, *, exclude_seen: bool = True, exclude: Sequence[Any] = ()
@@ -177,19 +222,17 @@ class Recommender:
         scores = self.item_degree.float().unsqueeze(0).clone()
         return self._top(scores, k, exclude, None)[0]
 
-    def _mask_seen(self, scores: Tensor, rows: Tensor) -> None:
-        """Set each row's training items to -inf, by index (no loop over users)."""
+    def _seen_pairs(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """Each row's training items as ``(position of the row in rows, item)`` pairs (no loop over users)."""
         cpu_rows = rows.cpu()
         starts, ends = self._seen_indptr[cpu_rows], self._seen_indptr[cpu_rows + 1]
         counts = ends - starts
-        if int(counts.sum()) == 0:
-            return
         total = int(counts.sum())
         row_of = torch.repeat_interleave(torch.arange(len(cpu_rows)), counts)
         # position of each entry within its row's slice of the CSR: 0, 1, ..., count - 1
         within = torch.arange(total) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
         cols = self._seen_indices[torch.repeat_interleave(starts, counts) + within]
-        scores[row_of.to(self.device), cols.to(self.device)] = -torch.inf
+        return row_of.to(self.device), cols.to(self.device)
 
     def _top(
         self, scores: Tensor, k: int, exclude: Sequence[Any], include: Sequence[Any] | None
@@ -204,6 +247,10 @@ class Recommender:
             allowed[self._known_items(include)] = 0.0
             scores += allowed
         top_scores, top_items = torch.topk(scores, min(k, self.num_items), dim=1)
+        return self._recommendations(top_scores, top_items)
+
+    def _recommendations(self, top_scores: Tensor, top_items: Tensor) -> list[Recommendation]:
+        """Rows of scores and item indices (best first) as raw ids, dropping the ``-inf`` slots."""
         out = []
         for row_scores, row_items in zip(top_scores.cpu(), top_items.cpu(), strict=True):
             keep = torch.isfinite(row_scores)  # k is clipped to what can actually be recommended
@@ -217,6 +264,12 @@ class Recommender:
         if unknown:
             raise UnknownIdError(kind="item", ids=unknown)
         return torch.tensor(indices, dtype=torch.long, device=self.device)
+
+
+def _pair_keys(items: Tensor, num_items: int) -> Tensor:
+    """``row * num_items + item`` for every entry of a ``(B, C)`` item matrix: one id per (row, item)."""
+    rows = torch.arange(items.size(0), device=items.device).unsqueeze(1)
+    return rows * num_items + items
 
 
 def _key(raw: Any) -> str:

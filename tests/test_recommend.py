@@ -103,3 +103,23 @@ def test_similar_items_are_symmetric_and_exclude_the_item(rec):
 def test_popular_fallback(rec):
     assert rec.popular(k=2).items == [20, 10]  # 20 seen by 3 users, 10 by 2
     assert rec.model_version
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_retrieval_matches_exact_on_a_small_catalogue(rec, kind):
+    approx = Recommender(rec.artifact, retrieval=kind)
+    assert approx.index is not None and approx.index.kind == kind
+    for exclude_seen in (True, False):
+        for exclude in ((), [40]):
+            got = approx.recommend(USERS, k=3, exclude_seen=exclude_seen, exclude=exclude)
+            want = rec.recommend(USERS, k=3, exclude_seen=exclude_seen, exclude=exclude)
+            for user, g, w in zip(USERS, got, want, strict=True):
+                assert g.scores == pytest.approx(w.scores)  # the same best scores (items may swap on ties)
+                full = rec.recommend([user], k=4, exclude_seen=False)[0]
+                true_score = dict(zip(full.items, full.scores, strict=True))
+                assert [true_score[i] for i in g.items] == pytest.approx(g.scores)
+                assert not set(g.items) & set(exclude)
+                if exclude_seen:  # only items the exact path could also recommend: none seen
+                    assert set(g.items) <= set(rec.recommend([user], k=4, exclude=exclude)[0].items)
+    # include lists stay on the exact path
+    assert approx.recommend(["ann"], k=2, include=[30, 40]) == rec.recommend(["ann"], k=2, include=[30, 40])
