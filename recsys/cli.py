@@ -221,6 +221,7 @@ _HYPER_HELP = {
     "metanode_refresh_epochs": "re-run k-means every N epochs",
     "metanode_kmeans_iters": "Lloyd iterations of the first k-means (later ones: 3, warm-started)",
     "metanode_full_below": "use the exact full loss on a side with at most this many nodes",
+    "metanode_detach": "no gradient through the meta-nodes' means and variances (true/false)",
     "metanode_key_weight": "key weights of full/metanode: uniform, or degree (N*deg(v)/sum of degrees)",
     "metanode_probe_every": "every N steps log the gap to the exact loss and the anchor-gradient cosine "
     "(0: off)",
@@ -241,8 +242,11 @@ def _add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
             "(config, weights, embeddings, id maps, seen items, metrics, log and curve plot).\n"
             "Values come from the defaults (the authors' reference configuration), then --config FILE\n"
             "(TOML, top-level keys named like the options below with underscores), then the flags.\n\n"
-            "example:\n"
-            "  recsys train --dataset out/gowalla --model xsimgcl --out models/xsimgcl --epochs 20"
+            "examples:\n"
+            "  recsys train --dataset out/gowalla --model xsimgcl --out models/xsimgcl --epochs 20\n"
+            "  recsys train --dataset out/gowalla --out models/xsimgcl --workers 4            # Ray Train\n"
+            "  ray job submit --address http://head:8265 -- recsys train --dataset out/gowalla \\\n"
+            "      --out models/xsimgcl --workers 8 --use-gpu --address auto"
         ),
     )
     p.add_argument("--dataset", type=Path, required=True, help="dataset directory (from recsys ingest)")
@@ -274,18 +278,46 @@ def _add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
             help=shown,
             metavar="{true,false}" if kind is parse_bool else None,
         )
+    scale = p.add_argument_group("scaling (Ray Train data-parallel workers; see README, Scaling)")
+    scale.add_argument(
+        "--workers", type=int, default=1, help="data-parallel workers; 1 trains in this process without Ray"
+    )
+    scale.add_argument("--use-gpu", action="store_true", help="one GPU per worker (NCCL); default CPU (gloo)")
+    scale.add_argument(
+        "--address", help="join this Ray cluster (e.g. auto); default: a local Ray on 127.0.0.1"
+    )
+    scale.add_argument(
+        "--storage-path", help="Ray Train checkpoint storage (shared on multi-node); default: a temp dir"
+    )
+    scale.add_argument(
+        "--max-failures", type=int, default=0, help="restart lost workers from the last epoch up to N times"
+    )
     p.set_defaults(handler=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
     from recsys.config import config_from_dict, load_config_file
+    from recsys.distributed import ScaleConfig
     from recsys.train import train_artifact
 
     values = load_config_file(args.config) if args.config else {}
     values.update({name: getattr(args, name) for name in (*_HYPER_HELP, "model") if hasattr(args, name)})
     cfg = config_from_dict(values, source=str(args.config or "options"))
+    scale = ScaleConfig(
+        workers=args.workers,
+        use_gpu=args.use_gpu,
+        address=args.address,
+        storage_path=args.storage_path,
+        max_failures=args.max_failures,
+    )
     result = train_artifact(
-        args.dataset, cfg, args.out, resume=args.resume, force=args.force, progress=not args.quiet
+        args.dataset,
+        cfg,
+        args.out,
+        resume=args.resume,
+        force=args.force,
+        progress=not args.quiet,
+        scale=scale,
     )
     metric = result.config.metric
     ndcg = metric.replace("recall", "ndcg")

@@ -1,7 +1,9 @@
 """The one training loop: sample, objective, Adam step, validate, early-stop, checkpoint.
 
 Readable top to bottom (nanoGPT style). The model-specific part is the objective from
-:data:`recsys.objectives.OBJECTIVES`; everything else is shared by all four models.
+:data:`recsys.objectives.OBJECTIVES`; everything else is shared by all four models. The same epoch loop
+(:func:`train_epochs`) runs in this process (:func:`fit`) or as one of several data-parallel replicas on
+Ray Train (:mod:`recsys.distributed`); the two differ only in the :class:`Replica` hooks.
 
 Protocols: under ``honest`` the model trains on train, is selected on valid (``cfg.metric``), and test is
 evaluated once with the selected weights. Under ``paper`` (the authors' SELFRec protocol) it trains on
@@ -18,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -32,8 +34,11 @@ from recsys.graph import NodeOrder, build_graph
 from recsys.metanode import ContrastiveNegatives
 from recsys.metrics import DEFAULT_KS
 from recsys.models import EmbeddingModel, Embeddings, build_model
-from recsys.objectives import OBJECTIVES, Batch
+from recsys.objectives import OBJECTIVES, Batch, Objective
 from recsys.sampling import NegativeSampler
+
+if TYPE_CHECKING:
+    from recsys.distributed import ScaleConfig
 
 logger = logging.getLogger(__name__)
 
@@ -119,32 +124,13 @@ def fit(
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    pairs, eval_split, exclude = _protocol_data(dataset, cfg.protocol)
-    if pairs.size(1) == 0:
-        msg = f"{dataset.path}: no training interactions"
-        raise InputError(msg)
-    # Train in a cache-friendly labelling of users and items; results are mapped back at the end.
-    order = NodeOrder.locality(pairs, dataset.num_users, dataset.num_items)
-    original_pairs, pairs, exclude = pairs, order.pairs(pairs), order.pairs(exclude)
-    graph = build_graph(pairs, dataset.num_users, dataset.num_items).to(device)
-    adj = None if cfg.model == "mf" else graph.adj
-    model = build_model(cfg, dataset.num_users, dataset.num_items)
-    model.reset_parameters(torch.Generator().manual_seed(cfg.seed))
-    model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)  # one kernel per step
-    objective = OBJECTIVES[cfg.model]
-    pairs = pairs.to(device)
-    sampler = NegativeSampler(pairs, dataset.num_items).to(device)
-    sample_rng = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-    noise_rng = torch.Generator(device=device).manual_seed(cfg.seed + 2)
-    negatives = ContrastiveNegatives.from_config(cfg, pairs, dataset.num_users, dataset.num_items)
-    ks = tuple(sorted({*DEFAULT_KS, int(cfg.metric.split("@")[1])})) if "@" in cfg.metric else DEFAULT_KS
-    truth = order.pairs(dataset.split(eval_split)).to(device)
-    exclude = exclude.to(device)
-
-    state = _State()
+    run = prepare_run(dataset, cfg, device)
+    state = TrainState()
     if resume:
-        state = _load_checkpoint(checkpoint_dir, cfg, model, optimizer, sample_rng, noise_rng, negatives)
+        if checkpoint_dir is None or not (checkpoint_dir / CHECKPOINT_FILE).is_file():
+            msg = f"--resume: no checkpoint at {checkpoint_dir}/{CHECKPOINT_FILE}"
+            raise InputError(msg)
+        state = load_checkpoint(checkpoint_dir, run)
         logger.info(
             "resumed from epoch %d (best %s %.4f at epoch %d)",
             state.epoch,
@@ -153,48 +139,220 @@ def fit(
             state.best_epoch,
         )
 
+    def after_epoch(record: dict[str, Any]) -> None:
+        if checkpoint_dir is not None:
+            save_checkpoint(checkpoint_dir, run, state)
+        if callback is not None:
+            callback(record)
+
+    train_epochs(run, state, Replica(), progress=progress, after_epoch=after_epoch)
+    return finish_run(run, state, start=start)
+
+
+@dataclass(frozen=True)
+class Replica:
+    """This process's place among data-parallel training processes; the default is the only process.
+
+    The epoch loop calls the hooks below where replicas must agree. Here they are no-ops, so :func:`fit`
+    runs exactly as a plain loop; :class:`recsys.distributed.TorchReplica` implements them with collectives.
+
+    Args:
+        rank: This replica's index, ``0 <= rank < world_size``; rank 0 validates and checkpoints.
+        world_size: Number of replicas.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world_size:
+            msg = f"rank must be in [0, world_size={self.world_size}), got {self.rank}"
+            raise ValueError(msg)
+
+    def shard(self, batch: Batch) -> Batch:
+        """This replica's rows of a global batch: part ``rank`` of ``world_size`` contiguous parts.
+
+        Part sizes differ by at most one row, so each replica's mean loss weighs its rows as the global
+        batch's mean would; a tail batch with fewer rows than replicas leaves some parts empty.
+        """
+        return Batch(*(t.tensor_split(self.world_size)[self.rank] for t in batch))
+
+    def reduce_gradients(self, model: EmbeddingModel, share: float) -> None:
+        """Turn this replica's gradient, from ``share`` of the global batch's rows, into the global one."""
+
+    def sum(self, values: Tensor) -> Tensor:
+        """Elementwise sum of ``values`` over the replicas."""
+        return values
+
+    def broadcast(self, value: int) -> int:
+        """Rank 0's ``value``, on every replica."""
+        return value
+
+
+@dataclass
+class TrainRun:
+    """What one training run builds before its first epoch; pairs and weights are in the training labels.
+
+    Args:
+        dataset: The dataset, in its own labels.
+        cfg: The resolved configuration.
+        device: Where the model and the training pairs live.
+        order: The locality relabelling of users and items (see :class:`NodeOrder`).
+        train_pairs: The interactions trained on, in the dataset's labels, ``(2, E)``, on CPU.
+        pairs: The same in the training labels, on ``device``.
+        adj: Normalised adjacency (``None`` for MF).
+        model: The model.
+        optimizer: Adam over the model's parameters.
+        objective: The model family's loss.
+        sampler: Negative sampler over ``pairs``.
+        sample_rng: Shuffles and draws negatives; the same stream on every replica.
+        noise_rng: Perturbation noise of SimGCL/XSimGCL; one stream per replica.
+        negatives: State of the contrastive negatives.
+        eval_split: The selection split (``valid``, or ``test`` under ``paper``).
+        truth: The selection split's pairs, training labels, on ``device``.
+        exclude: Pairs masked when evaluating it, training labels, on ``device``.
+        ks: Cut-offs of the metrics.
+    """
+
+    dataset: Dataset
+    cfg: TrainConfig
+    device: torch.device
+    order: NodeOrder
+    train_pairs: Tensor
+    pairs: Tensor
+    adj: Tensor | None
+    model: EmbeddingModel
+    optimizer: torch.optim.Optimizer
+    objective: Objective
+    sampler: NegativeSampler
+    sample_rng: torch.Generator
+    noise_rng: torch.Generator
+    negatives: ContrastiveNegatives
+    eval_split: str
+    truth: Tensor
+    exclude: Tensor
+    ks: tuple[int, ...]
+
+
+NOISE_SEED_STRIDE = 2**32  # replica r's noise seed is seed + 2 + r * stride: no other run's stream reuses it
+
+
+def prepare_run(dataset: Dataset, cfg: TrainConfig, device: torch.device, *, rank: int = 0) -> TrainRun:
+    """Build the graph, model, optimiser, sampler and generators of a run of resolved ``cfg``.
+
+    Every replica builds the same run (same initial weights, same sampling stream, so the shards of each
+    epoch partition one global permutation), except for the noise stream, which is seeded per ``rank``;
+    rank 0's is the single-process one.
+    """
+    pairs, eval_split, exclude = protocol_data(dataset, cfg.protocol)
+    if pairs.size(1) == 0:
+        msg = f"{dataset.path}: no training interactions"
+        raise InputError(msg)
+    # Train in a cache-friendly labelling of users and items; results are mapped back at the end.
+    order = NodeOrder.locality(pairs, dataset.num_users, dataset.num_items)
+    original_pairs, pairs, exclude = pairs, order.pairs(pairs), order.pairs(exclude)
+    graph = build_graph(pairs, dataset.num_users, dataset.num_items).to(device)
+    model = build_model(cfg, dataset.num_users, dataset.num_items)
+    model.reset_parameters(torch.Generator().manual_seed(cfg.seed))
+    model.to(device)
+    pairs = pairs.to(device)
+    ks = tuple(sorted({*DEFAULT_KS, int(cfg.metric.split("@")[1])})) if "@" in cfg.metric else DEFAULT_KS
+    return TrainRun(
+        dataset=dataset,
+        cfg=cfg,
+        device=device,
+        order=order,
+        train_pairs=original_pairs.cpu(),
+        pairs=pairs,
+        adj=None if cfg.model == "mf" else graph.adj,
+        model=model,
+        optimizer=torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True),  # one kernel per step
+        objective=OBJECTIVES[cfg.model],
+        sampler=NegativeSampler(pairs, dataset.num_items).to(device),
+        sample_rng=torch.Generator(device=device).manual_seed(cfg.seed + 1),
+        noise_rng=torch.Generator(device=device).manual_seed(cfg.seed + 2 + rank * NOISE_SEED_STRIDE),
+        negatives=ContrastiveNegatives.from_config(cfg, pairs, dataset.num_users, dataset.num_items),
+        eval_split=eval_split,
+        truth=order.pairs(dataset.split(eval_split)).to(device),
+        exclude=exclude.to(device),
+        ks=ks,
+    )
+
+
+def train_epoch(
+    run: TrainRun, batches: list[Batch], replica: Replica, *, desc: str, progress: bool
+) -> Tensor:
+    """One optimiser step per global batch, on this replica's shard of it.
+
+    Returns:
+        The loss terms (``LOSS_TERMS``) summed over the rows this replica trained on, shape ``(4,)``.
+    """
+    sums = torch.zeros(len(LOSS_TERMS), device=run.device)
+    rows = 0
+    bar = tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False)
+    for step, batch in enumerate(bar, start=1):
+        shard = replica.shard(batch)
+        size = shard.users.numel()
+        run.optimizer.zero_grad(set_to_none=True)
+        if size:  # empty only on a tail batch smaller than the replica count; it still joins the reduce
+            losses = run.objective(run.model, run.adj, shard, run.cfg, run.noise_rng, negatives=run.negatives)
+            losses.total.backward()
+            sums += torch.stack([t.detach() for t in losses]) * size
+            rows += size
+        replica.reduce_gradients(run.model, size / batch.users.numel())
+        run.optimizer.step()
+        if progress and step % 25 == 0:  # .tolist() is a host sync: only now and then
+            bar.set_postfix(dict(zip(LOSS_TERMS, (sums / max(rows, 1)).tolist(), strict=True)))
+    return sums
+
+
+def train_epochs(
+    run: TrainRun,
+    state: TrainState,
+    replica: Replica,
+    *,
+    progress: bool,
+    after_epoch: Callable[[dict[str, Any]], None],
+) -> None:
+    """The epoch loop of :func:`fit` and of every Ray Train worker: train, validate, early-stop.
+
+    Rank 0 alone validates and keeps the best weights in ``state``; it broadcasts its count of evaluations
+    without improvement, so every replica leaves the loop after the same epoch. ``after_epoch`` gets each
+    epoch's record (losses averaged over all replicas; the selection metrics on rank 0 only).
+    """
+    cfg = run.cfg
     while state.epoch < cfg.epochs and state.bad_evals < cfg.patience:
         epoch = state.epoch + 1
         tic = time.perf_counter()
-        model.train()
-        negatives.refresh(model, adj, epoch)  # k-means of the meta-node negatives; else a no-op
-        batches = epoch_batches(pairs, sampler, cfg.batch_size, sample_rng)
-        sums = torch.zeros(len(LOSS_TERMS), device=device)
-        bar = tqdm(
-            batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=not progress, leave=False
+        run.model.train()
+        run.negatives.refresh(run.model, run.adj, epoch)  # k-means of the meta-node negatives; else a no-op
+        batches = epoch_batches(run.pairs, run.sampler, cfg.batch_size, run.sample_rng)
+        sums = replica.sum(
+            train_epoch(run, batches, replica, desc=f"epoch {epoch}/{cfg.epochs}", progress=progress)
         )
-        for step, batch in enumerate(bar, start=1):
-            losses = objective(model, adj, batch, cfg, noise_rng, negatives=negatives)
-            optimizer.zero_grad(set_to_none=True)
-            losses.total.backward()
-            optimizer.step()
-            sums += torch.stack([t.detach() for t in losses]) * batch.users.numel()
-            if progress and step % 25 == 0:  # .tolist() is a host sync: only now and then
-                bar.set_postfix(dict(zip(LOSS_TERMS, (sums / (step * cfg.batch_size)).tolist(), strict=True)))
         record: dict[str, Any] = {"epoch": epoch}
         record.update(
-            {k: round(v, 6) for k, v in zip(LOSS_TERMS, (sums / pairs.size(1)).tolist(), strict=True)}
+            {k: round(v, 6) for k, v in zip(LOSS_TERMS, (sums / run.pairs.size(1)).tolist(), strict=True)}
         )
-        record.update(negatives.epoch_stats())  # probe_gap, probe_grad_cos when probing
+        record.update(run.negatives.epoch_stats())  # probe_gap, probe_grad_cos when probing
         record["train_seconds"] = round(time.perf_counter() - tic, 3)
-        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            metrics = _evaluate(model, adj, truth, exclude, ks)
-            record[eval_split] = metrics
+        if replica.rank == 0 and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
+            metrics = _evaluate(run.model, run.adj, run.truth, run.exclude, run.ks)
+            record[run.eval_split] = metrics
             value = metrics[cfg.metric]
             if value > state.best_value:
                 state.best_value, state.best_epoch, state.bad_evals = value, epoch, 0
-                state.best_state = copy.deepcopy(model.state_dict())
+                state.best_state = copy.deepcopy(run.model.state_dict())
             else:
                 state.bad_evals += 1
+        state.bad_evals = replica.broadcast(state.bad_evals)
         record["seconds"] = round(time.perf_counter() - tic, 3)
         state.epoch = epoch
         state.history.append(record)
-        logger.info(_describe(record, eval_split, cfg.metric))
-        if checkpoint_dir is not None:
-            _save_checkpoint(checkpoint_dir, cfg, state, model, optimizer, sample_rng, noise_rng, negatives)
-        if callback is not None:
-            callback(record)
-    if state.bad_evals >= cfg.patience:
+        if replica.rank == 0:
+            logger.info(_describe(record, run.eval_split, cfg.metric))
+        after_epoch(record)
+    if state.bad_evals >= cfg.patience and replica.rank == 0:
         logger.info(
             "early stop after epoch %d: no %s improvement in %d evaluations",
             state.epoch,
@@ -202,11 +360,21 @@ def fit(
             cfg.patience,
         )
 
+
+def finish_run(run: TrainRun, state: TrainState, *, start: float) -> TrainResult:
+    """Load the selected weights, test them once, and map everything back to the dataset's labels.
+
+    Args:
+        run: The run, after its epochs.
+        state: Rank 0's state (the best weights and the history).
+        start: ``time.perf_counter()`` at the start of the run, for the wall time.
+    """
+    cfg, model, adj, order = run.cfg, run.model, run.adj, run.order
     model.load_state_dict(state.best_state)
-    selection = next(r[eval_split] for r in state.history if r["epoch"] == state.best_epoch)
+    selection = next(r[run.eval_split] for r in state.history if r["epoch"] == state.best_epoch)
     if cfg.protocol == "honest":
-        test_pairs, test_exclude = order.pairs(dataset.test), order.pairs(exclude_for_test(dataset))
-        test = _evaluate(model, adj, test_pairs.to(device), test_exclude.to(device), ks)
+        test_pairs, test_exclude = order.pairs(run.dataset.test), order.pairs(exclude_for_test(run.dataset))
+        test = _evaluate(model, adj, test_pairs.to(run.device), test_exclude.to(run.device), run.ks)
     else:
         test = selection
     embeddings = Embeddings(*order.restore(*model.get_embedding(adj)))
@@ -222,7 +390,7 @@ def fit(
         test=test,
         history=state.history,
         seconds=round(time.perf_counter() - start, 3),
-        train_pairs=original_pairs.cpu(),
+        train_pairs=run.train_pairs,
     )
 
 
@@ -231,8 +399,8 @@ def exclude_for_test(dataset: Dataset) -> Tensor:
     return torch.cat([dataset.train, dataset.valid], dim=1)
 
 
-def _protocol_data(dataset: Dataset, protocol: str) -> tuple[Tensor, str, Tensor]:
-    """Training pairs, the split used for selection, and the pairs masked when evaluating it."""
+def protocol_data(dataset: Dataset, protocol: str) -> tuple[Tensor, str, Tensor]:
+    """Training pairs, the split used for selection, and the pairs masked when evaluating it (dataset ids)."""
     if protocol == "paper":
         pairs = torch.cat([dataset.train, dataset.valid], dim=1)
         return pairs, "test", pairs
@@ -261,7 +429,7 @@ def _describe(record: dict[str, Any], split: str, metric: str) -> str:
 
 
 @dataclass
-class _State:
+class TrainState:
     """What the loop carries from epoch to epoch (and what a checkpoint restores)."""
 
     epoch: int = 0
@@ -272,50 +440,46 @@ class _State:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _save_checkpoint(
-    directory: Path,
-    cfg: TrainConfig,
-    state: _State,
-    model: EmbeddingModel,
-    optimizer: torch.optim.Optimizer,
-    sample_rng: torch.Generator,
-    noise_rng: torch.Generator,
-    negatives: ContrastiveNegatives,
+def save_checkpoint(
+    directory: Path, run: TrainRun, state: TrainState, *, noise_rngs: list[Tensor] | None = None
 ) -> None:
-    """Everything needed to continue bit-for-bit, as tensors and plain values (``weights_only`` loadable)."""
+    """Everything needed to continue bit-for-bit, as tensors and plain values (``weights_only`` loadable).
+
+    Args:
+        directory: Where ``checkpoint.pt`` and ``log.jsonl`` go.
+        run: The run.
+        state: The loop's state.
+        noise_rngs: Every replica's noise generator state, by rank, when there are several.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     payload = {
-        "config": cfg.to_dict(),
+        "config": run.cfg.to_dict(),
         "epoch": state.epoch,
         "best_epoch": state.best_epoch,
         "best_value": state.best_value,
         "bad_evals": state.bad_evals,
         "best_state": state.best_state,
         "history": state.history,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "sample_rng": sample_rng.get_state(),
-        "noise_rng": noise_rng.get_state(),
-        "negatives": negatives.state_dict(),
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "sample_rng": run.sample_rng.get_state(),
+        "noise_rng": run.noise_rng.get_state(),
+        "negatives": run.negatives.state_dict(),
     }
+    if noise_rngs is not None:
+        payload["noise_rngs"] = noise_rngs
     tmp = directory / f".{CHECKPOINT_FILE}.tmp"
     torch.save(payload, tmp)
     tmp.replace(directory / CHECKPOINT_FILE)  # atomic: a kill mid-write keeps the previous checkpoint
     (directory / LOG_FILE).write_text("".join(json.dumps(r) + "\n" for r in state.history))
 
 
-def _load_checkpoint(
-    directory: Path | None,
-    cfg: TrainConfig,
-    model: EmbeddingModel,
-    optimizer: torch.optim.Optimizer,
-    sample_rng: torch.Generator,
-    noise_rng: torch.Generator,
-    negatives: ContrastiveNegatives,
-) -> _State:
-    if directory is None or not (directory / CHECKPOINT_FILE).is_file():
-        msg = f"--resume: no checkpoint at {directory}/{CHECKPOINT_FILE}"
-        raise InputError(msg)
+def load_checkpoint(directory: Path, run: TrainRun, *, rank: int = 0) -> TrainState:
+    """Restore ``run`` (replica ``rank``'s noise stream too) from ``directory/checkpoint.pt``.
+
+    Raises:
+        InputError: the checkpoint is unreadable or was made with a different config.
+    """
     path = directory / CHECKPOINT_FILE
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -324,16 +488,16 @@ def _load_checkpoint(
         raise InputError(msg) from exc
     # A key the checkpoint lacks is a field added since it was written: it ran with that field's default.
     saved = {**{f.name: f.default for f in fields(TrainConfig)}, **payload["config"]}
-    if saved != cfg.to_dict():
-        changed = sorted(k for k, v in cfg.to_dict().items() if saved.get(k) != v)
+    if saved != run.cfg.to_dict():
+        changed = sorted(k for k, v in run.cfg.to_dict().items() if saved.get(k) != v)
         msg = f"--resume: the checkpoint at {path} was made with a different config ({', '.join(changed)})"
         raise InputError(msg)
-    model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
-    sample_rng.set_state(payload["sample_rng"])
-    noise_rng.set_state(payload["noise_rng"])
-    negatives.load_state_dict(payload.get("negatives", {}))  # k-means clusters and their generator
-    return _State(
+    run.model.load_state_dict(payload["model"])
+    run.optimizer.load_state_dict(payload["optimizer"])
+    run.sample_rng.set_state(payload["sample_rng"])
+    run.noise_rng.set_state(payload["noise_rngs"][rank] if "noise_rngs" in payload else payload["noise_rng"])
+    run.negatives.load_state_dict(payload.get("negatives", {}))  # k-means clusters and their generator
+    return TrainState(
         epoch=payload["epoch"],
         best_epoch=payload["best_epoch"],
         best_value=payload["best_value"],
@@ -351,20 +515,33 @@ def train_artifact(
     resume: bool = False,
     force: bool = False,
     progress: bool = True,
+    scale: ScaleConfig | None = None,
 ) -> TrainResult:
     """Load a dataset, train, and write the artifact to ``out`` (what ``recsys train`` runs).
 
-    Checkpoints go to ``<out>.ckpt/`` after every epoch and are removed once the artifact is written;
-    ``resume`` continues from there after a crash or a kill.
+    In this process, checkpoints go to ``<out>.ckpt/`` after every epoch and are removed once the artifact
+    is written; ``resume`` continues from there after a crash or a kill. With ``scale.workers`` > 1 the run
+    goes to Ray Train workers (:func:`recsys.distributed.fit_distributed`), whose checkpoints live in Ray
+    Train's storage instead.
     """
     from recsys.artifact import write_artifact
     from recsys.atomic import check_writable
     from recsys.dataset import load_dataset
 
+    distributed = scale is not None and scale.workers > 1
+    if distributed and resume:
+        msg = "--resume continues a single-process run; Ray Train workers restart with --max-failures"
+        raise InputError(msg)
     check_writable(out, force=force)
     dataset = load_dataset(dataset_dir)
     checkpoint_dir = Path(f"{out}.ckpt")
-    result = fit(dataset, cfg, checkpoint_dir=checkpoint_dir, resume=resume, progress=progress)
+    if distributed:
+        from recsys.distributed import fit_distributed
+
+        assert scale is not None
+        result = fit_distributed(dataset, cfg, scale, progress=progress)
+    else:
+        result = fit(dataset, cfg, checkpoint_dir=checkpoint_dir, resume=resume, progress=progress)
     selection_split = "test" if result.config.protocol == "paper" else "valid"
     metrics = {
         "protocol": result.config.protocol,

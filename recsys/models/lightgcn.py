@@ -110,9 +110,10 @@ class SimGCL(LightGCN):
         views = []
         for _ in range(count):
             with torch.no_grad():
-                offsets, delta = [], None
+                offsets: list[Tensor] = []
+                delta: Tensor | None = None
                 for layer in layers:
-                    spread = None if delta is None else propagate(adj, delta)
+                    spread: Tensor | None = None if delta is None else propagate(adj, delta)
                     base = layer if spread is None else layer + spread
                     delta = uniform_noise(base, self.noise_eps, generator)
                     if spread is not None:
