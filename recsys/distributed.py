@@ -15,7 +15,6 @@ the process group (gloo on CPU, NCCL on GPU); nothing here manages processes.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -257,14 +256,11 @@ def _ray(address: str | None) -> Iterator[None]:
     """
     import ray
 
-    if ray.is_initialized():
+    from recsys.local_ray import init_ray
+
+    if not init_ray(address):
         yield
         return
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-    else:
-        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, logging_level=logging.WARNING)
     try:
         yield
     finally:

@@ -20,6 +20,7 @@ from recsys.dataset import Dataset, load_dataset
 from recsys.distributed import ScaleConfig, fit_distributed
 from recsys.errors import InputError
 from recsys.evaluate import evaluate_split
+from recsys.local_ray import init_ray
 from recsys.objectives import Batch
 from recsys.train import Replica, fit, train_artifact
 
@@ -27,13 +28,8 @@ from recsys.train import Replica, fit, train_artifact
 @pytest.fixture(scope="module")
 def ray_local():
     ray = pytest.importorskip("ray")
-    ray.init(
-        _node_ip_address="127.0.0.1",
-        include_dashboard=False,
-        num_cpus=2,
-        logging_level="WARNING",
-        log_to_driver=False,
-    )
+    init_ray(num_cpus=2, log_to_driver=False)
+    assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}  # loopback only
     yield
     ray.shutdown()
 
