@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Any
 
 LOOPBACK = "127.0.0.1"
 _LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -32,7 +33,7 @@ def keep_ray_local() -> None:
         ray_constants.ENABLE_RAY_CLUSTER = False
 
 
-def init_ray(address: str | None = None, **options: object) -> bool:
+def init_ray(address: str | None = None, **options: Any) -> bool:
     """Connect to Ray unless connected: the cluster at ``address``, or a new local Ray on 127.0.0.1.
 
     A local Ray has no dashboard and usage stats off. Returns whether this call started the connection

@@ -85,7 +85,8 @@ class ReloadRequest(BaseModel):
 
 
 class Health(BaseModel):
-    """Liveness and the version being served."""
+    """Liveness, the version being served and the replica that answered (replicas may differ mid-reload)."""
 
     status: str
     model_version: str
+    replica: str
