@@ -26,6 +26,9 @@ _LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 def keep_ray_local() -> None:
     """Make a Ray started by this process (and its children) use loopback addresses, and send no stats."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Serve gives a new HTTP proxy 3 readiness checks of 5 s; on a 2-core machine that is also training,
+    # its imports alone took longer (measured: never ready beside a 2-thread training job, 12 s without).
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
     os.environ[_LOCAL_ONLY] = "0"
     if "ray" in sys.modules:
         from ray._private import ray_constants
