@@ -202,6 +202,8 @@ def main() -> None:
             print("".join(f"{r[c]!s:>22}" for c in cols))
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "scale.json"
+    if out.exists():  # a run of some --parts keeps the other parts' last results
+        result = {**json.loads(out.read_text()), **result}
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     if not opts.keep:

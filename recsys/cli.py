@@ -358,6 +358,14 @@ def _add_serve(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "--admin-token",
         help="bearer token enabling POST /admin/reload (default: env RECSYS_ADMIN_TOKEN; unset: disabled)",
     )
+    p.add_argument(
+        "--retrieval",
+        choices=["exact", "ivf", "hnsw"],
+        default="exact",
+        help="top-k search: exact scoring of every item, or an approximate faiss index (ivf, hnsw) for "
+        "catalogues of millions of items (pip install 'recsys[ann]'; see README, Scaling)",
+    )
+    p.add_argument("--nprobe", type=int, default=32, help="ivf: index cells scanned per query (recall/speed)")
     p.add_argument("--address", help="join this Ray cluster instead of starting a local Ray")
     p.set_defaults(handler=_run_serve)
 
@@ -381,6 +389,8 @@ def _run_serve(args: argparse.Namespace) -> int:
         batching=not args.no_batching,
         num_replicas=args.replicas,
         max_ongoing_requests=args.max_ongoing_requests,
+        retrieval=args.retrieval,
+        retrieval_nprobe=args.nprobe,
     )
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -57,6 +57,18 @@ class ServeArgs(BaseModel):
     num_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves for each replica")
     max_ongoing_requests: int = Field(128, ge=1, description="concurrent requests per replica")
     reload_timeout_s: float = Field(60.0, gt=0, description="how long a reload waits for every replica")
+    retrieval: Literal["exact", "ivf", "hnsw"] = Field(
+        "exact", description="top-k search: exact, or an approximate faiss index for millions of items"
+    )
+    retrieval_nprobe: int = Field(32, ge=1, description="ivf: index cells scanned per query (recall/speed)")
+    retrieval_ef_search: int = Field(128, ge=1, description="hnsw: search breadth (recall/speed)")
+
+    def load(self, path: str) -> Recommender:
+        """The recommender over the artifact at ``path``, with this service's retrieval."""
+        options = {"ivf": {"nprobe": self.retrieval_nprobe}, "hnsw": {"ef_search": self.retrieval_ef_search}}
+        return Recommender.from_artifact(
+            path, retrieval=self.retrieval, retrieval_options=options.get(self.retrieval)
+        )
 
 
 api = FastAPI(
@@ -122,7 +134,7 @@ class RecommenderService:
         self._replica, self._num_replicas = context.replica_id.unique_id, context.world_size
         self._registry = serve.get_deployment_actor(REGISTRY_NAME)
         self._target: Target = await self._registry.current.remote()
-        self.recommender = await asyncio.to_thread(Recommender.from_artifact, self._target[1])
+        self.recommender = await asyncio.to_thread(self.args.load, self._target[1])
         self._preloaded: tuple[str, Recommender] | None = None  # loaded by a reload on this replica
         # @serve.batch adds these setters to the method; mypy sees only the undecorated signature.
         self._batched_recommend.set_max_batch_size(args.max_batch_size)  # type: ignore[attr-defined]
@@ -154,7 +166,7 @@ class RecommenderService:
                 if preloaded is not None and preloaded[0] == target[1]:
                     recommender = preloaded[1]
                 else:
-                    recommender = await asyncio.to_thread(Recommender.from_artifact, target[1])
+                    recommender = await asyncio.to_thread(self.args.load, target[1])
             except Exception:  # a registry restart, an artifact that stopped loading: keep following
                 logger.exception("cannot follow the artifact registry; retrying in %s s", RETRY_S)
                 await asyncio.sleep(RETRY_S)
@@ -325,7 +337,7 @@ class RecommenderService:
         trying). Requires ``Authorization: Bearer <token>`` with the token given at start-up.
         """
         path = body.artifact if body and body.artifact else self._target[1]
-        new = await asyncio.to_thread(Recommender.from_artifact, path)  # InputError -> 422, nothing published
+        new = await asyncio.to_thread(self.args.load, path)  # InputError -> 422, nothing published
         self._preloaded = (path, new)
         generation, _ = await self._registry.publish.remote(path)
         served = await self._registry.wait_served.remote(

@@ -15,6 +15,7 @@ from schemathesis.checks import not_a_server_error
 
 from recsys.artifact import write_artifact
 from recsys.dataset import Dataset
+from recsys.recommend import Recommender
 from serving.app import ServeArgs, api
 from serving.runner import running
 
@@ -228,3 +229,20 @@ def test_reload_reaches_every_replica_under_load(service):
     # The second artifact doubles every item score.
     score = call("/recommend/bob?k=1")[1]["items"][0]["score"]
     assert score == pytest.approx(4.0)  # item 30: (0, 2) x 2, dot (0, 1)
+
+
+@pytest.mark.parametrize(
+    ("kind", "options"), [("exact", None), ("ivf", {"nprobe": 3}), ("hnsw", {"ef_search": 7})]
+)
+def test_serve_args_load_the_chosen_retrieval(tmp_path, kind, options):
+    args = ServeArgs(artifact="unused", retrieval=kind, retrieval_nprobe=3, retrieval_ef_search=7)
+    rec = args.load(str(make_artifact(tmp_path, "v1")))
+    assert rec.retrieval == kind and (rec.index is None) == (kind == "exact")
+    if kind == "ivf":
+        assert rec.index.index.nprobe == 1  # clipped to the cells of a tiny catalogue
+    if kind == "hnsw":
+        assert rec.index.index.hnsw.efSearch == 7
+    exact = Recommender.from_artifact(make_artifact(tmp_path, "v1-exact"))
+    assert [r.items for r in rec.recommend(["ann", "bob"], k=2)] == [
+        r.items for r in exact.recommend(["ann", "bob"], k=2)
+    ]
