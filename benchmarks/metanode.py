@@ -28,9 +28,7 @@ configure_cpu_runtime()  # before numpy and torch load
 
 import argparse
 import dataclasses
-import json
 import logging
-import os
 import statistics
 import sys
 import tempfile
@@ -38,7 +36,7 @@ import time
 from pathlib import Path
 
 import torch
-from train import GOWALLA, RESULTS, gowalla
+from train import GOWALLA, RESULTS, gowalla, write_rows
 
 from recsys.config import TrainConfig
 from recsys.dataset import Dataset
@@ -236,10 +234,7 @@ def main() -> None:
     for r in rows:
         print("".join(f"{r.get(c, '')!s:>18}" for c in cols))
     out = RESULTS / f"metanode_{opts.mode}{opts.tag}.json"
-    out.write_text(
-        json.dumps({"cpus": os.cpu_count(), "threads": opts.threads, "rows": rows}, indent=2) + "\n"
-    )
-    print(f"wrote {out}")
+    write_rows(out, opts.threads, rows)
 
 
 if __name__ == "__main__":

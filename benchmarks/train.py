@@ -50,6 +50,12 @@ GOWALLA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gowalla"
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def write_rows(out: Path, threads: int, rows: list[dict]) -> None:
+    """A benchmark's rows as JSON, with the machine's core count and the threads used."""
+    out.write_text(json.dumps({"cpus": os.cpu_count(), "threads": threads, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 def gowalla(workdir: Path) -> Dataset:
     """Ingest gowalla once (cached in ``workdir``) and load it."""
     out = workdir / "gowalla"
@@ -316,10 +322,7 @@ def main() -> None:
                 f"{r['test_ndcg@20']:>9.4f}{r['s_per_epoch']:>9}{r['wall_s']:>8}"
             )
         out = RESULTS / f"train_accuracy_{opts.protocol}{opts.tag}.json"
-    out.write_text(
-        json.dumps({"cpus": os.cpu_count(), "threads": opts.threads, "rows": rows}, indent=2) + "\n"
-    )
-    print(f"wrote {out}")
+    write_rows(out, opts.threads, rows)
 
 
 if __name__ == "__main__":

@@ -1,43 +1,15 @@
-import json
-
-import polars as pl
 import pytest
 import torch
+from toy_artifact import ITEMS, USERS, make_artifact
 
-from recsys.artifact import write_artifact
-from recsys.dataset import Dataset
 from recsys.errors import InputError
 from recsys.recommend import Recommender, UnknownIdError
-
-USERS = ["ann", "bob", "cy"]
-ITEMS = [10, 20, 30, 40]
 
 
 @pytest.fixture(scope="module")
 def rec(tmp_path_factory):
-    """A known-answer artifact: 3 users, 4 items, 2-d embeddings chosen by hand."""
-    root = tmp_path_factory.mktemp("rec")
-    ds = root / "ds"
-    ds.mkdir()
-    pl.DataFrame({"user_idx": [0, 1, 2], "raw_id": USERS}).write_parquet(ds / "users.parquet")
-    pl.DataFrame({"item_idx": [0, 1, 2, 3], "raw_id": ITEMS}).write_parquet(ds / "items.parquet")
-    (ds / "meta.json").write_text(json.dumps({"format_version": 1}))
-    train = torch.tensor([[0, 0, 1, 2, 2, 2], [0, 1, 1, 0, 1, 2]])
-    data = Dataset(3, 4, train, train[:, :0], train[:, :0], path=ds)
-    user = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
-    item = torch.tensor([[3.0, 0.0], [2.0, 1.0], [0.0, 2.0], [1.0, 1.0]])
-    write_artifact(
-        root / "art",
-        dataset=data,
-        config={"model": "mf"},
-        state_dict={"embedding": torch.cat([user, item])},
-        user_emb=user,
-        item_emb=item,
-        train_pairs=train,
-        metrics={},
-        history=[{"epoch": 1, "loss": 0.5}],
-    )
-    return Recommender.from_artifact(root / "art")
+    """The known-answer toy artifact (see tests/toy_artifact.py)."""
+    return Recommender.from_artifact(make_artifact(tmp_path_factory.mktemp("rec"), "art"))
 
 
 def test_top_k_excludes_seen_items(rec):

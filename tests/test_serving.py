@@ -6,15 +6,12 @@ import time
 import urllib.error
 import urllib.request
 
-import polars as pl
 import pytest
 import schemathesis
-import torch
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
+from toy_artifact import make_artifact
 
-from recsys.artifact import write_artifact
-from recsys.dataset import Dataset
 from recsys.recommend import Recommender
 from serving.app import ServeArgs, api
 from serving.runner import running
@@ -25,29 +22,6 @@ PORT = 18231
 BASE = f"http://127.0.0.1:{PORT}"
 TOKEN = "test-token"
 REPLICAS = 2
-
-
-def make_artifact(root, name, item_scale=1.0):
-    ds = root / f"{name}-ds"
-    ds.mkdir()
-    pl.DataFrame({"user_idx": [0, 1, 2], "raw_id": ["ann", "bob", "cy"]}).write_parquet(ds / "users.parquet")
-    pl.DataFrame({"item_idx": [0, 1, 2, 3], "raw_id": [10, 20, 30, 40]}).write_parquet(ds / "items.parquet")
-    (ds / "meta.json").write_text("{}")
-    train = torch.tensor([[0, 0, 1, 2, 2, 2], [0, 1, 1, 0, 1, 2]])
-    data = Dataset(3, 4, train, train[:, :0], train[:, :0], path=ds)
-    user = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
-    item = torch.tensor([[3.0, 0.0], [2.0, 1.0], [0.0, 2.0], [1.0, 1.0]]) * item_scale
-    return write_artifact(
-        root / name,
-        dataset=data,
-        config={"model": "mf"},
-        state_dict={"embedding": torch.cat([user, item])},
-        user_emb=user,
-        item_emb=item,
-        train_pairs=train,
-        metrics={"test": {"recall@20": 0.5}},
-        history=[{"epoch": 1, "loss": 0.5}],
-    )
 
 
 def call(path, body=None, token=None, raw=None):
