@@ -151,17 +151,15 @@ class Recommender:
         self, rows: Tensor, k: int, exclude_seen: bool, exclude: Sequence[Any]
     ) -> list[Recommendation]:
         """Top-``k`` from the approximate index: over-fetch enough candidates to drop the excluded ones."""
-        if k < 1:
-            msg = f"k must be >= 1, got {k}"
-            raise InputError(msg)
+        _check_k(k)
         assert self.index is not None
         banned = self._known_items(exclude) if exclude else None
         extra = len(exclude)
         if exclude_seen:
-            extra += int((self._seen_indptr[rows.cpu() + 1] - self._seen_indptr[rows.cpu()]).max())
+            row_of, cols = self._seen_pairs(rows)
+            extra += int(torch.bincount(row_of, minlength=rows.numel()).max())  # the most items one row sees
         scores, items = self.index.search(self.user_emb[rows], min(k + extra, self.num_items))
         if exclude_seen:  # a candidate is dropped when (its row, item) is a training pair
-            row_of, cols = self._seen_pairs(rows)
             scores[torch.isin(_pair_keys(items, self.num_items), row_of * self.num_items + cols)] = -torch.inf
         if banned is not None:
             scores[torch.isin(items, banned)] = -torch.inf
@@ -237,9 +235,7 @@ class Recommender:
     def _top(
         self, scores: Tensor, k: int, exclude: Sequence[Any], include: Sequence[Any] | None
     ) -> list[Recommendation]:
-        if k < 1:
-            msg = f"k must be >= 1, got {k}"
-            raise InputError(msg)
+        _check_k(k)
         if exclude:
             scores[:, self._known_items(exclude)] = -torch.inf
         if include is not None:
@@ -264,6 +260,12 @@ class Recommender:
         if unknown:
             raise UnknownIdError(kind="item", ids=unknown)
         return torch.tensor(indices, dtype=torch.long, device=self.device)
+
+
+def _check_k(k: int) -> None:
+    if k < 1:
+        msg = f"k must be >= 1, got {k}"
+        raise InputError(msg)
 
 
 def _pair_keys(items: Tensor, num_items: int) -> Tensor:
