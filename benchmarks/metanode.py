@@ -141,7 +141,6 @@ def train_variant(data: Dataset, model_name: str, variant: str, cl_weight: float
         model=model_name,
         protocol="honest",
         epochs=opts.epochs,
-        patience=opts.epochs,
         threads=opts.threads,
         cl_weight=cl_weight,
     )

@@ -37,10 +37,10 @@ import torch.nn.functional as F
 
 from pipelines import IngestConfig, ingest
 from pipelines.readers import LogSpec
-from recsys.config import TrainConfig
+from recsys.config import TrainConfig, config_from_dict
 from recsys.dataset import Dataset, load_dataset
 from recsys.graph import NodeOrder, build_graph, propagate
-from recsys.losses import bpr_loss, info_nce, l2_reg
+from recsys.losses import bpr_loss, l2_reg
 from recsys.models import build_model, lightgcn
 from recsys.objectives import OBJECTIVES, Batch
 from recsys.sampling import NegativeSampler
@@ -189,20 +189,22 @@ def reference_loss(
     """One step's loss computed with the operations of the authors' SELFRec code, to time them here.
 
     Written for this benchmark (not copied): a COO ``torch.sparse.mm`` with autograd's own sparse
-    backward, ``torch.rand_like`` noise, a stacked ``torch.mean`` over the layers and, for SimGCL, three
-    separate propagations. The loss functions are ours (the same math), so only the graph part differs.
+    backward, ``torch.rand_like`` noise, a stacked ``torch.mean`` over the layers, InfoNCE through
+    autograd's ``log_softmax`` and, for SimGCL, three separate propagations. BPR and L2 are ours (the same
+    operations as theirs).
     """
 
     def mean(layers: list) -> tuple[torch.Tensor, torch.Tensor]:
         final = torch.stack(layers, dim=1).mean(dim=1)
         return final[:num_users], final[num_users:]
 
+    def info_nce(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # SELFRec's autograd form
+        a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
+        return -torch.diagonal(F.log_softmax(a @ b.T / cfg.temperature, dim=1)).mean()
+
     def cl(a: tuple, b: tuple) -> torch.Tensor:
         users, items = torch.unique(batch.users), torch.unique(batch.pos)
-        return cfg.cl_weight * (
-            info_nce(a[0][users], b[0][users], cfg.temperature)
-            + info_nce(a[1][items], b[1][items], cfg.temperature)
-        )
+        return cfg.cl_weight * (info_nce(a[0][users], b[0][users]) + info_nce(a[1][items], b[1][items]))
 
     if model_name == "lightgcn":
         rec, extra = mean([table, *_reference_layers(coo, table, cfg, False)]), 0.0
@@ -224,7 +226,7 @@ def reference_loss(
 def reference_epoch_s(data: Dataset, model_name: str, threads: int, batches: int) -> float:
     """SELFRec-style seconds per epoch, projected from ``batches`` timed steps (after 2 warm-up steps)."""
     torch.set_num_threads(threads)
-    cfg = TrainConfig(model=model_name, protocol="paper").resolved()
+    cfg = config_from_dict({"model": model_name, "protocol": "paper", "preset": "reference"}).resolved()
     pairs = torch.cat([data.train, data.valid], dim=1)
     graph = build_graph(pairs, data.num_users, data.num_items)
     coo = graph.adj.to_sparse_coo().coalesce()
@@ -243,9 +245,13 @@ def reference_epoch_s(data: Dataset, model_name: str, threads: int, batches: int
     return round(statistics.mean(times[2:]) * len(epoch), 1)
 
 
-def accuracy(data: Dataset, model_name: str, protocol: str, epochs: int, threads: int, patience: int) -> dict:
-    """Train under ``protocol`` and report the selected epoch's test metrics."""
-    cfg = TrainConfig(model=model_name, protocol=protocol, epochs=epochs, patience=patience, threads=threads)
+def accuracy(
+    data: Dataset, model_name: str, protocol: str, epochs: int, threads: int, patience_steps: int
+) -> dict:
+    """Train under ``protocol`` (stopped by the rule or the ``epochs`` cap) and report the test metrics."""
+    cfg = TrainConfig(
+        model=model_name, protocol=protocol, epochs=epochs, patience_steps=patience_steps, threads=threads
+    )
     t = time.perf_counter()
     result = fit(data, cfg, progress=False)
     return {
@@ -270,7 +276,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--protocol", default="paper", choices=["paper", "honest"])
     parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--patience", type=int, default=5)
+    parser.add_argument("--patience-steps", type=int, default=TrainConfig.patience_steps)
     parser.add_argument("--tag", default="", help="suffix of the JSON file name")
     parser.add_argument(
         "--reference-batches",
@@ -311,7 +317,9 @@ def main() -> None:
             print("".join(f"{r.get(c, '-')!s:>14}" for c in cols))
         out = RESULTS / f"train_speed{opts.tag}.json"
     else:
-        rows = [accuracy(data, m, opts.protocol, opts.epochs, opts.threads, opts.patience) for m in models]
+        rows = [
+            accuracy(data, m, opts.protocol, opts.epochs, opts.threads, opts.patience_steps) for m in models
+        ]
         print(f"\ngowalla test, {opts.protocol} protocol, up to {opts.epochs} epochs")
         print(
             f"{'model':<10}{'epochs':>8}{'best':>6}{'Recall@20':>11}{'NDCG@20':>9}{'s/epoch':>9}{'wall s':>8}"

@@ -196,6 +196,8 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 
 _HYPER_HELP = {
+    "preset": "optimisation settings to start from: fast (the default: learning rate 0.005, same "
+    "accuracy sooner) or reference (the authors' configuration exactly); flags override them",
     "embedding_dim": "embedding size d",
     "num_layers": "propagation layers L",
     "cl_weight": "λ, contrastive loss weight (default: SimGCL 0.5, XSimGCL 0.2)",
@@ -205,9 +207,11 @@ _HYPER_HELP = {
     "reg_weight": "L2 regularisation weight",
     "lr": "Adam learning rate",
     "batch_size": "interactions per batch",
-    "epochs": "maximum epochs",
+    "epochs": "maximum epochs (a safety cap: the stopping rule ends the run)",
     "eval_every": "evaluate every N epochs",
-    "patience": "stop after this many evaluations without improvement",
+    "patience_steps": "stop once this many optimiser steps pass without a better --metric on the "
+    "selection split (steps, not evaluations: the same wait on small and large datasets)",
+    "min_steps": "never stop before this many optimiser steps",
     "metric": "model-selection metric",
     "protocol": "honest: train on train, select on valid, test once; paper: train on train+valid, "
     "best test epoch (as the authors)",
@@ -229,7 +233,7 @@ _HYPER_HELP = {
 
 
 def _add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from recsys.config import MODEL_NAMES, TrainConfig, parse_bool
+    from recsys.config import MODEL_NAMES, PRESETS, TrainConfig, parse_bool
 
     defaults = TrainConfig()
     p = sub.add_parser(
@@ -277,6 +281,7 @@ def _add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
             default=argparse.SUPPRESS,
             help=shown,
             metavar="{true,false}" if kind is parse_bool else None,
+            choices=list(PRESETS) if name == "preset" else None,
         )
     scale = p.add_argument_group("scaling (Ray Train data-parallel workers; see README, Scaling)")
     scale.add_argument(

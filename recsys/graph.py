@@ -111,6 +111,62 @@ def propagate(adj: Tensor, x: Tensor) -> Tensor:
     return out
 
 
+class _RowSpmm(torch.autograd.Function):
+    """``(A @ X)[rows]`` for a symmetric constant CSR ``A``, reading only those rows of ``A``."""
+
+    @staticmethod
+    def forward(ctx: Any, adj: Tensor, rows: Tensor, x: Tensor) -> Tensor:
+        crow, col, val = adj.crow_indices(), adj.col_indices(), adj.values()
+        starts = crow[rows]
+        counts = crow[rows + 1] - starts
+        ptr = torch.zeros(rows.numel() + 1, dtype=crow.dtype, device=crow.device)
+        torch.cumsum(counts, 0, out=ptr[1:])
+        total = int(ptr[-1])
+        # Position of every kept non-zero in A's arrays: its row's start plus its rank within the row.
+        index = torch.arange(total, device=crow.device) + torch.repeat_interleave(
+            starts - ptr[:-1], counts, output_size=total
+        )
+        sub_col, sub_val = col[index], val[index]
+        ctx.adj, ctx.rows = adj, rows
+        ctx.sliced = (ptr, sub_col, sub_val)
+        sliced = torch.sparse_csr_tensor(ptr, sub_col, sub_val, (rows.numel(), adj.size(1)))
+        return torch.sparse.mm(sliced, x, "sum")
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, None, Tensor]:
+        # d/dX of A[rows] X applied to G is A[rows]^T G = A[:, rows] G (A is symmetric). The slice's CSR
+        # arrays are A[:, rows] in CSC form, with no conversion; their product reads only the slice, but it
+        # scatters its output, and above ~1/4 of the non-zeros the full product of A with G placed in its
+        # rows was faster (gowalla, 2 threads: 16 vs 22 ms at 17 % of the non-zeros, 58 vs 22 ms at 43 %).
+        adj, rows = ctx.adj, ctx.rows
+        ptr, sub_col, sub_val = ctx.sliced
+        if sub_col.numel() * 4 < adj.values().numel():
+            sliced_t = torch.sparse_csc_tensor(ptr, sub_col, sub_val, (adj.size(0), rows.numel()))
+            return None, None, torch.sparse.mm(sliced_t, grad.contiguous())
+        full = torch.zeros(adj.size(0), grad.size(1), dtype=grad.dtype, device=grad.device)
+        full[rows] = grad
+        return None, None, torch.sparse.mm(adj, full, "sum")
+
+
+def propagate_rows(adj: Tensor, rows: Tensor, x: Tensor) -> Tensor:
+    """``(A X)[rows]``: one propagation step computed for some nodes only, with the symmetric backward.
+
+    Why: a training step's loss reads the last layer at the batch's nodes alone (on gowalla a batch of
+    2,048 reads ~8 % of the nodes and ~17 % of the non-zeros), so the last layer need not be computed for
+    the others. The forward reads only those rows of ``A``.
+
+    Args:
+        adj: Symmetric normalised adjacency (torch CSR), shape ``(N, N)``.
+        rows: Sorted unique node indices, shape ``(R,)``, int64.
+        x: Node embeddings, shape ``(N, d)``.
+
+    Returns:
+        ``(A X)[rows]``, shape ``(R, d)``.
+    """
+    out: Tensor = _RowSpmm.apply(adj, rows, x)
+    return out
+
+
 @dataclass(frozen=True)
 class NodeOrder:
     """A relabelling of users among users and items among items that puts graph neighbours close in memory.

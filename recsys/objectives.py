@@ -22,7 +22,7 @@ from torch import Tensor
 from recsys.config import TrainConfig
 from recsys.losses import bpr_loss, l2_reg
 from recsys.metanode import ContrastiveNegatives
-from recsys.models import EmbeddingModel, Embeddings, SimGCL
+from recsys.models import EmbeddingModel, Embeddings, Rows, SimGCL
 
 
 class Batch(NamedTuple):
@@ -57,6 +57,25 @@ class Objective(Protocol):
     ) -> Losses:
         """Loss terms of ``batch``."""
         ...
+
+
+def batch_rows(batch: Batch, num_users: int) -> tuple[Rows, Batch]:
+    """The nodes a batch's loss reads, and the batch renumbered to positions among them.
+
+    Why: with in-batch negatives the loss reads the output only at the batch's users and items, so the
+    forward pass computes its last layer there alone (:class:`recsys.models.Rows`). The renumbered batch
+    indexes the user and item parts of that row-restricted output as the original indexes the full one;
+    positions keep the order of node ids, so ``torch.unique`` of them lists the same nodes in the same order.
+
+    Returns:
+        The rows (sorted node ids, users first) and the batch in positions among the users and the items.
+    """
+    size = batch.users.numel()
+    ids = torch.cat([batch.users, batch.pos + num_users, batch.neg + num_users])
+    nodes, inverse = torch.unique(ids, return_inverse=True)
+    users = int((nodes < num_users).sum())
+    user_pos, pos_pos, neg_pos = inverse.split(size)
+    return Rows(nodes, users), Batch(user_pos, pos_pos - users, neg_pos - users)
 
 
 def _bpr(emb: Embeddings, batch: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -101,7 +120,8 @@ def bpr_objective(
     negatives: ContrastiveNegatives | None = None,
 ) -> Losses:
     """MF and LightGCN: BPR on the output, L2 on the layer-0 embeddings of the batch (no ``negatives``)."""
-    bpr, *_ = _bpr(model(adj).final, batch)
+    rows, local = batch_rows(batch, model.num_users)
+    bpr, *_ = _bpr(model(adj, rows=rows).final, local)
     reg = cfg.reg_weight * l2_reg(
         model.user_emb[batch.users], model.item_emb[batch.pos], model.item_emb[batch.neg]
     )
@@ -119,14 +139,16 @@ def simgcl_objective(
 ) -> Losses:
     """SimGCL: BPR on a clean pass, InfoNCE between two independently perturbed passes.
 
-    The three passes share one differentiable propagation (:meth:`SimGCL.clean_and_perturbed`).
+    The three passes share one differentiable propagation (:meth:`SimGCL.clean_and_perturbed`), computed
+    at the batch's nodes alone unless the negatives read every node.
     """
     assert cfg.cl_weight is not None and cfg.temperature is not None, "resolve the config first"
     assert isinstance(model, SimGCL) and adj is not None, "the SimGCL objective needs a SimGCL and a graph"
-    clean, (view_a, view_b) = model.clean_and_perturbed(adj, 2, generator)
-    bpr, u, p, _ = _bpr(clean, batch)
+    rows, local = _rows_unless_all_nodes(batch, model.num_users, negatives)
+    clean, (view_a, view_b) = model.clean_and_perturbed(adj, 2, generator, rows)
+    bpr, u, p, _ = _bpr(clean, local)
     reg = cfg.reg_weight * l2_reg(u, p)
-    cl = cfg.cl_weight * _cl(view_a, view_b, batch, cfg, negatives)
+    cl = cfg.cl_weight * _cl(view_a, view_b, local, cfg, negatives)
     return Losses(bpr + reg + cl, bpr, cl, reg)
 
 
@@ -139,14 +161,27 @@ def xsimgcl_objective(
     *,
     negatives: ContrastiveNegatives | None = None,
 ) -> Losses:
-    """XSimGCL: one perturbed pass; BPR on its output, InfoNCE between its output and layer l*."""
+    """XSimGCL: one perturbed pass; BPR on its output, InfoNCE between its output and layer l*.
+
+    The pass is computed at the batch's nodes alone unless the negatives read every node.
+    """
     assert cfg.cl_weight is not None and cfg.temperature is not None, "resolve the config first"
-    views = model(adj, perturbed=True, generator=generator)
+    rows, local = _rows_unless_all_nodes(batch, model.num_users, negatives)
+    views = model(adj, perturbed=True, generator=generator, rows=rows)
     assert views.cl is not None
-    bpr, u, p, _ = _bpr(views.final, batch)
+    bpr, u, p, _ = _bpr(views.final, local)
     reg = cfg.reg_weight * l2_reg(u, p)
-    cl = cfg.cl_weight * _cl(views.final, views.cl, batch, cfg, negatives)
+    cl = cfg.cl_weight * _cl(views.final, views.cl, local, cfg, negatives)
     return Losses(bpr + reg + cl, bpr, cl, reg)
+
+
+def _rows_unless_all_nodes(
+    batch: Batch, num_users: int, negatives: ContrastiveNegatives | None
+) -> tuple[Rows | None, Batch]:
+    """:func:`batch_rows`, or all nodes (``None``) when the negatives read them all (full, metanode)."""
+    if negatives is not None and negatives.mode != "in_batch":
+        return None, batch
+    return batch_rows(batch, num_users)
 
 
 OBJECTIVES: dict[str, Objective] = {

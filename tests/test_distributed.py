@@ -143,7 +143,7 @@ def test_restarted_workers_end_exactly_as_an_uninterrupted_run(ray_local, tmp_pa
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test file
     data = two_communities()
-    cfg = TrainConfig(model="xsimgcl", embedding_dim=8, batch_size=37, epochs=4, patience=4, seed=2)
+    cfg = TrainConfig(model="xsimgcl", embedding_dim=8, batch_size=37, epochs=4, seed=2)
     full = fit_distributed(data, cfg, ScaleConfig(workers=2), progress=False)
     log = tmp_path / "epochs"
     scale = ScaleConfig(workers=2, max_failures=1, storage_path=str(tmp_path / "ray"))
@@ -166,7 +166,7 @@ def test_two_workers_reach_the_recall_of_one(ray_local, tmp_path_factory, seed, 
     )
     ds = ingest(IngestConfig(out=root / "ds", spec=LogSpec("csv", time_col="timestamp"), input=log)).out
     data = load_dataset(ds)
-    cfg = TrainConfig(model="xsimgcl", embedding_dim=32, batch_size=2048, epochs=20, patience=20, seed=seed)
+    cfg = TrainConfig(model="xsimgcl", embedding_dim=32, batch_size=2048, epochs=20, seed=seed)
     one = fit(data, cfg, progress=False)
     two = fit_distributed(data, cfg, ScaleConfig(workers=2), progress=False)
     with capsys.disabled():

@@ -44,3 +44,18 @@ def test_l2_reg_against_a_loop():
         + math.sqrt(sum(v * v for v in y.flatten().tolist())) / 2
     )
     assert abs(l2_reg(x, y).item() - expected) < 1e-5
+
+
+def test_info_nce_gradients_equal_the_autograd_form():
+    torch.manual_seed(1)
+    a = torch.randn(37, 8, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(37, 8, dtype=torch.float64, requires_grad=True)
+    weight = torch.tensor(0.7, dtype=torch.float64)
+    (weight * info_nce(a, b, 0.15)).backward()
+    fused = (a.grad.clone(), b.grad.clone())
+    a.grad = b.grad = None
+    za, zb = torch.nn.functional.normalize(a, dim=1), torch.nn.functional.normalize(b, dim=1)
+    plain = -torch.diagonal(torch.log_softmax(za @ zb.T / 0.15, dim=1)).mean()
+    (weight * plain).backward()
+    torch.testing.assert_close(fused, (a.grad, b.grad))
+    assert torch.autograd.gradcheck(lambda x, y: info_nce(x, y, 0.3), (a.detach().requires_grad_(), b))

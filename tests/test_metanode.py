@@ -305,7 +305,7 @@ def test_objective_without_negatives_state_refuses_metanode():
 
 @pytest.mark.parametrize("model", ["simgcl", "xsimgcl"])
 def test_training_with_metanode_negatives_decreases_the_loss(model):
-    cfg = metanode_cfg(model=model, lr=0.01, batch_size=32, epochs=12, patience=12, metanode_probe_every=2)
+    cfg = metanode_cfg(model=model, lr=0.01, batch_size=32, epochs=12, metanode_probe_every=2)
     result = fit(two_communities(), cfg, progress=False)
     losses = [r["loss"] for r in result.history]
     assert all(math.isfinite(v) for v in losses)
@@ -315,7 +315,7 @@ def test_training_with_metanode_negatives_decreases_the_loss(model):
 
 def test_full_negatives_train_and_differ_from_in_batch():
     data = two_communities()
-    base = {"model": "simgcl", "embedding_dim": 8, "lr": 0.01, "batch_size": 32, "epochs": 2, "patience": 2}
+    base = {"model": "simgcl", "embedding_dim": 8, "lr": 0.01, "batch_size": 32, "epochs": 2}
     full = fit(data, TrainConfig(**base, cl_negatives="full"), progress=False)
     in_batch = fit(data, TrainConfig(**base), progress=False)
     assert all(math.isfinite(r["cl"]) for r in full.history)

@@ -4,7 +4,7 @@ from recsys.config import TrainConfig
 from recsys.graph import build_graph
 from recsys.losses import bpr_loss, l2_reg
 from recsys.models import MF, LightGCN, SimGCL, XSimGCL, build_model, uniform_noise
-from recsys.objectives import OBJECTIVES, Batch
+from recsys.objectives import OBJECTIVES, Batch, batch_rows
 from recsys.sampling import NegativeSampler
 
 
@@ -54,13 +54,15 @@ def test_xsimgcl_objective_against_a_hand_computation():
     model = build_model(cfg, 4, 5)
     batch = Batch(torch.tensor([0, 1, 1]), torch.tensor([0, 2, 1]), torch.tensor([3, 4, 0]))
     losses = OBJECTIVES["xsimgcl"](model, g.adj, batch, cfg, torch.Generator().manual_seed(7))
-    # Recompute with the same noise: layer l = A layer(l-1) + noise_l.
+    # Recompute with the same noise: layer l = A layer(l-1) + noise_l. The last layer (and its noise) is
+    # only computed for the nodes the loss reads: users 0, 1 and items 0-4 (nodes 4-8).
     gen = torch.Generator().manual_seed(7)
+    rows = torch.tensor([0, 1, 4, 5, 6, 7, 8])
     x0 = model.ego()
     x1 = g.adj @ x0
     x1 = x1 + uniform_noise(x1, 0.2, gen)
-    x2 = g.adj @ x1
-    x2 = x2 + uniform_noise(x2, 0.2, gen)
+    x2 = (g.adj @ x1).clone()
+    x2[rows] = x2[rows] + uniform_noise(x2[rows], 0.2, gen)
     final = (x1 + x2) / 2
     fu, fi, cu, ci = final[:4], final[4:], x1[:4], x1[4:]
     u, p, n = fu[batch.users], fi[batch.pos], fi[batch.neg]
@@ -82,14 +84,14 @@ def test_simgcl_objective_against_a_hand_computation():
     losses = OBJECTIVES["simgcl"](model, g.adj, batch, cfg, torch.Generator().manual_seed(3))
     gen = torch.Generator().manual_seed(3)
 
+    rows = torch.tensor([0, 2, 4, 5, 7, 8])  # users 0, 2 and items 0, 1, 3, 4: the last layer's rows
+
     def perturbed():
-        x = model.ego()
-        layers = []
-        for _ in range(2):
-            x = g.adj @ x
-            x = x + uniform_noise(x, 0.1, gen)
-            layers.append(x)
-        return (layers[0] + layers[1]) / 2
+        x1 = g.adj @ model.ego()
+        x1 = x1 + uniform_noise(x1, 0.1, gen)
+        x2 = (g.adj @ x1).clone()
+        x2[rows] = x2[rows] + uniform_noise(x2[rows], 0.1, gen)
+        return (x1 + x2) / 2
 
     clean = (g.adj @ model.ego() + g.adj @ (g.adj @ model.ego())) / 2
     a, b = perturbed(), perturbed()
@@ -114,3 +116,40 @@ def test_negative_sampler_never_returns_a_positive():
     assert (neg[:500] == 9).all()
     assert not sampler.is_positive(users, neg).any()
     assert set(neg[500:].tolist()) == set(range(10)) - {3, 4}
+
+
+def test_row_restricted_forward_equals_the_full_one_at_those_rows():
+    g = small_graph()
+    batch = Batch(torch.tensor([2, 0, 2]), torch.tensor([3, 1, 3]), torch.tensor([0, 4, 2]))
+    rows, local = batch_rows(batch, 4)
+    assert rows.nodes.tolist() == [0, 2, 4, 5, 6, 7, 8] and rows.num_users == 2
+    for model in (MF(4, 5, 8), LightGCN(4, 5, 8, 2), SimGCL(4, 5, 8, 3), XSimGCL(4, 5, 8, 3, cl_layer=2)):
+        full, part = model(g.adj), model(g.adj, rows=rows)
+        for view_full, view_part in zip(full, part, strict=True):
+            if view_full is None:
+                assert view_part is None
+                continue
+            # The renumbered batch reads the restricted output as the original batch reads the full one.
+            torch.testing.assert_close(view_part.user[local.users], view_full.user[batch.users])
+            torch.testing.assert_close(view_part.item[local.pos], view_full.item[batch.pos])
+            torch.testing.assert_close(view_part.item[local.neg], view_full.item[batch.neg])
+
+        # Gradients through the restricted pass equal those through the full pass.
+        def loss(views, b):
+            return (views.final.user[b.users] * views.final.item[b.pos]).sum() - views.final.item[b.neg].sum()
+
+        (g_full,) = torch.autograd.grad(loss(full, batch), model.embedding)
+        (g_part,) = torch.autograd.grad(loss(part, local), model.embedding)
+        torch.testing.assert_close(g_part, g_full)
+    model = SimGCL(4, 5, 8, 2)
+    clean, _ = model.clean_and_perturbed(g.adj, 2, torch.Generator().manual_seed(0), rows)
+    torch.testing.assert_close(clean.item[local.pos], model(g.adj).final.item[batch.pos])
+
+
+def test_noise_is_zero_where_the_embedding_is_zero():
+    x = torch.randn(6, 8)
+    x[2] = 0.0
+    x[4, 3] = -0.0
+    noise = uniform_noise(x, 0.2, torch.Generator().manual_seed(0))
+    assert (noise[2] == 0).all() and noise[4, 3] == 0
+    assert ((noise * x) >= 0).all() and (noise[x != 0] != 0).all()

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ from recsys.errors import InputError
 from recsys.graph import build_graph
 from recsys.models import build_model
 from recsys.train import fit, train_artifact
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def two_communities(size=8):
@@ -43,7 +46,6 @@ def test_each_model_ranks_the_withheld_item_first(model):
         lr=0.01,
         batch_size=32,
         epochs=60,
-        patience=60,
         metric="ndcg@20",
         seed=0,
     )
@@ -62,6 +64,23 @@ def dataset_dir(tmp_path_factory):
     generate(SyntheticConfig(num_users=120, num_items=80, num_interactions=3000, seed=2), log, progress=False)
     spec = LogSpec("csv", time_col="timestamp")
     return ingest(IngestConfig(out=root / "ds", spec=spec, input=log, split="temporal")).out
+
+
+@pytest.fixture(scope="module")
+def sample_dir(tmp_path_factory):
+    """The bundled sample log (975 users, 759 items, 14,897 training pairs), ingested as the demo does."""
+    from recsys.demo import SAMPLE_LOG
+
+    spec = LogSpec("csv", time_col="timestamp", rating_col="rating")
+    config = IngestConfig(
+        out=tmp_path_factory.mktemp("sample") / "ds",
+        spec=spec,
+        input=REPO / SAMPLE_LOG,
+        split="temporal",
+        min_user_interactions=3,
+        min_item_interactions=3,
+    )
+    return ingest(config).out
 
 
 class Killed(Exception):
@@ -90,7 +109,7 @@ def test_resume_ends_exactly_as_an_uninterrupted_run(dataset_dir, tmp_path):
     from recsys.dataset import load_dataset
 
     data = load_dataset(dataset_dir)
-    cfg = TrainConfig(model="xsimgcl", embedding_dim=16, batch_size=256, epochs=4, patience=10, seed=3)
+    cfg = TrainConfig(model="xsimgcl", embedding_dim=16, batch_size=256, epochs=4, seed=3)
     ckpt = tmp_path / "ckpt"
     check_resume_matches(data, cfg, ckpt)
     with pytest.raises(InputError, match="different config"):
@@ -103,6 +122,69 @@ def test_resume_ends_exactly_as_an_uninterrupted_run(dataset_dir, tmp_path):
         )
 
 
+def test_two_threads_same_seed_runs_and_a_resumed_run_are_bit_identical(sample_dir, tmp_path):
+    """With several threads the gathers' scatter-adds could sum in any order; training makes them fixed."""
+    from recsys.dataset import load_dataset
+
+    data = load_dataset(sample_dir)  # big enough for torch to split the scatter-adds between threads
+    cfg = TrainConfig(model="xsimgcl", batch_size=512, epochs=3, seed=5, threads=2)
+    try:
+        first = check_resume_matches(data, cfg, tmp_path / "ckpt")
+        second = fit(data, cfg, progress=False)
+    finally:
+        torch.set_num_threads(1)
+    assert torch.equal(first.embeddings.user, second.embeddings.user)
+    assert torch.equal(first.embeddings.item, second.embeddings.item)
+    assert not torch.are_deterministic_algorithms_enabled()  # the caller's setting is restored
+
+
+def test_default_stop_waits_out_the_contrastive_dip_that_stopped_the_old_rule(sample_dir):
+    """On the sample (8 steps per epoch) valid Recall@20 peaks at once, falls for a dozen epochs while the
+    contrastive term spreads the embeddings, then climbs far higher. Patience counted in evaluations (the
+    old rule: 5) stopped inside that dip; the default rule, counted in optimiser steps, trains through it.
+    """
+    from recsys.dataset import load_dataset
+
+    class Recovered(Exception):
+        """Training went on past the dip: enough seen (the full run takes ~360 epochs)."""
+
+    curve = []
+
+    def watch(record):
+        curve.append(record["valid"]["recall@20"])
+        if len(curve) == 60:
+            raise Recovered
+
+    with pytest.raises(Recovered):  # not raised if the default rule had stopped inside the dip
+        fit(load_dataset(sample_dir), TrainConfig(model="xsimgcl", seed=0), progress=False, callback=watch)
+    old_stop = next(i for i in range(5, len(curve)) if max(curve[: i + 1]) == max(curve[: i - 4]))
+    old_best = max(curve[: old_stop + 1])
+    assert old_stop < 20, "the old rule stops inside the dip"
+    assert max(curve) > 1.1 * old_best
+
+
+def test_stopping_rule_counts_steps_since_the_best_and_a_minimum(dataset_dir):
+    from recsys.dataset import load_dataset
+    from recsys.train import should_stop
+
+    cfg = TrainConfig(patience_steps=100, min_steps=300)
+    assert not should_stop(cfg, step=250, best_step=100)  # patience spent, but below the minimum
+    assert should_stop(cfg, step=300, best_step=200)
+    assert not should_stop(cfg, step=400, best_step=301)
+    # End to end: the loop stops at the first evaluation past both, not at the epoch cap.
+    data = load_dataset(dataset_dir)
+    cfg = TrainConfig(model="mf", embedding_dim=8, batch_size=256, lr=0.05, patience_steps=20, min_steps=40)
+    result = fit(data, cfg, progress=False)
+    assert len(result.history) < cfg.epochs
+    fired, best_value, best_step = [], float("-inf"), 0
+    for record in result.history:  # replay: the rule fires at the last epoch and at no earlier one
+        if record["valid"]["recall@20"] > best_value:
+            best_value, best_step = record["valid"]["recall@20"], record["step"]
+        fired.append(should_stop(cfg, record["step"], best_step))
+    assert fired[-1] and not any(fired[:-1])
+    assert result.history[result.best_epoch - 1]["step"] == best_step
+
+
 def test_resume_with_metanode_negatives_ends_exactly_as_an_uninterrupted_run(dataset_dir, tmp_path):
     """The k-means state (clusters, generator, probe counters) travels in the checkpoint (issue #5)."""
     from recsys.dataset import load_dataset
@@ -113,7 +195,6 @@ def test_resume_with_metanode_negatives_ends_exactly_as_an_uninterrupted_run(dat
         embedding_dim=16,
         batch_size=256,
         epochs=4,
-        patience=10,
         seed=3,
         cl_negatives="metanode",
         metanode_clusters=8,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from recsys.config import TrainConfig
-from recsys.models.base import EmbeddingModel, Embeddings, Views, uniform_noise
+from recsys.models.base import EmbeddingModel, Embeddings, Rows, Views, uniform_noise
 from recsys.models.lightgcn import LightGCN, SimGCL, XSimGCL
 from recsys.models.mf import MF
 
@@ -33,6 +33,7 @@ __all__ = [
     "EmbeddingModel",
     "Embeddings",
     "LightGCN",
+    "Rows",
     "SimGCL",
     "Views",
     "XSimGCL",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from recsys.graph import propagate
-from recsys.models.base import EmbeddingModel, Embeddings, Views, uniform_noise
+from recsys.graph import propagate, propagate_rows
+from recsys.models.base import EmbeddingModel, Embeddings, Rows, Views, uniform_noise
 
 
 class LightGCN(EmbeddingModel):
@@ -35,23 +35,39 @@ class LightGCN(EmbeddingModel):
         self.num_layers = num_layers
 
     def layers(
-        self, adj: Tensor, noise_eps: float = 0.0, generator: torch.Generator | None = None
+        self,
+        adj: Tensor,
+        noise_eps: float = 0.0,
+        generator: torch.Generator | None = None,
+        rows: Rows | None = None,
     ) -> list[Tensor]:
-        """Node embeddings of layers ``0..L``; with ``noise_eps > 0`` each propagated layer is perturbed."""
+        """Node embeddings of layers ``0..L``; with ``noise_eps > 0`` each propagated layer is perturbed.
+
+        With ``rows``, the last layer (and its noise) is computed for those nodes only, shape ``(R, d)``;
+        the layers below stay whole, ``(N, d)``, because the last one reads their neighbours.
+        """
         out = [self.ego()]
-        for _ in range(self.num_layers):
-            x = propagate(adj, out[-1])
+        for layer in range(1, self.num_layers + 1):
+            if rows is not None and layer == self.num_layers:
+                x = propagate_rows(adj, rows.nodes, out[-1])
+            else:
+                x = propagate(adj, out[-1])
             if noise_eps:
                 x = x + uniform_noise(x, noise_eps, generator)
             out.append(x)
         return out
 
     def forward(
-        self, adj: Tensor | None, *, perturbed: bool = False, generator: torch.Generator | None = None
+        self,
+        adj: Tensor | None,
+        *,
+        perturbed: bool = False,
+        generator: torch.Generator | None = None,
+        rows: Rows | None = None,
     ) -> Views:
         """Mean of layers ``0..L`` (``perturbed`` is ignored: plain LightGCN has no noise)."""
         assert adj is not None, "LightGCN needs the normalised adjacency"
-        return Views(self.split(_mean(self.layers(adj))))
+        return Views(self.split(_mean(_at(self.layers(adj, rows=rows), rows)), rows))
 
     def __repr__(self) -> str:
         return f"{super().__repr__()[:-1]}, num_layers={self.num_layers})"
@@ -80,15 +96,20 @@ class SimGCL(LightGCN):
         self.noise_eps = noise_eps
 
     def forward(
-        self, adj: Tensor | None, *, perturbed: bool = False, generator: torch.Generator | None = None
+        self,
+        adj: Tensor | None,
+        *,
+        perturbed: bool = False,
+        generator: torch.Generator | None = None,
+        rows: Rows | None = None,
     ) -> Views:
         """Mean of layers ``1..L``, perturbed when asked (one call = one view)."""
         assert adj is not None, "SimGCL needs the normalised adjacency"
-        layers = self.layers(adj, self.noise_eps if perturbed else 0.0, generator)[1:]
-        return Views(self.split(_mean(layers)))
+        layers = self.layers(adj, self.noise_eps if perturbed else 0.0, generator, rows)
+        return Views(self.split(_mean(_at(layers, rows)[1:]), rows))
 
     def clean_and_perturbed(
-        self, adj: Tensor, count: int, generator: torch.Generator | None = None
+        self, adj: Tensor, count: int, generator: torch.Generator | None = None, rows: Rows | None = None
     ) -> tuple[Embeddings, list[Embeddings]]:
         r"""The clean output and ``count`` perturbed ones, all from one differentiable propagation.
 
@@ -104,24 +125,30 @@ class SimGCL(LightGCN):
         and a view is the clean output plus the mean of its offsets. Only the clean propagation needs a
         backward; each view adds ``L - 1`` gradient-free sparse products for its offsets instead of a
         full propagation forward and backward (12 sparse products per SimGCL step become 6 for L = 2).
+        With ``rows``, every output and the last layer's offsets are computed for those nodes only.
         """
-        layers = self.layers(adj)[1:]
-        clean = _mean(layers)
+        layers = self.layers(adj, rows=rows)[1:]
+        clean = _mean(_at(layers, rows))
         views = []
         for _ in range(count):
             with torch.no_grad():
                 offsets: list[Tensor] = []
                 delta: Tensor | None = None
-                for layer in layers:
-                    spread: Tensor | None = None if delta is None else propagate(adj, delta)
+                for depth, layer in enumerate(layers, start=1):
+                    spread: Tensor | None = None
+                    if delta is not None:
+                        if rows is not None and depth == self.num_layers:
+                            spread = propagate_rows(adj, rows.nodes, delta)
+                        else:
+                            spread = propagate(adj, delta)
                     base = layer if spread is None else layer + spread
                     delta = uniform_noise(base, self.noise_eps, generator)
                     if spread is not None:
                         delta.add_(spread)
                     offsets.append(delta)
-                offset = _mean(offsets)
-            views.append(self.split(clean + offset))
-        return self.split(clean), views
+                offset = _mean(_at(offsets, rows))
+            views.append(self.split(clean + offset, rows))
+        return self.split(clean, rows), views
 
 
 class XSimGCL(LightGCN):
@@ -151,12 +178,24 @@ class XSimGCL(LightGCN):
         self.noise_eps, self.cl_layer = noise_eps, cl_layer
 
     def forward(
-        self, adj: Tensor | None, *, perturbed: bool = False, generator: torch.Generator | None = None
+        self,
+        adj: Tensor | None,
+        *,
+        perturbed: bool = False,
+        generator: torch.Generator | None = None,
+        rows: Rows | None = None,
     ) -> Views:
         """``Views(final, cl)``; ``cl`` is layer l* of the same pass (perturbed iff ``perturbed``)."""
         assert adj is not None, "XSimGCL needs the normalised adjacency"
-        layers = self.layers(adj, self.noise_eps if perturbed else 0.0, generator)
-        return Views(self.split(_mean(layers[1:])), self.split(layers[self.cl_layer]))
+        layers = _at(self.layers(adj, self.noise_eps if perturbed else 0.0, generator, rows), rows)
+        return Views(self.split(_mean(layers[1:]), rows), self.split(layers[self.cl_layer], rows))
+
+
+def _at(layers: list[Tensor], rows: Rows | None) -> list[Tensor]:
+    """The layers at ``rows`` (all of them when ``None``); the last one is already computed there only."""
+    if rows is None:
+        return layers
+    return [layer[rows.nodes] for layer in layers[:-1]] + [layers[-1]]
 
 
 def _mean(layers: list[Tensor]) -> Tensor:
