@@ -1,19 +1,28 @@
-"""Full-ranking evaluation speed on the gowalla shapes, and the most-popular / random baselines on gowalla.
+"""Full-ranking evaluation speed on the gowalla shapes, and the whole ``recsys evaluate`` on gowalla.
 
-Times ``recsys.evaluate.full_ranking`` on random 64-d embeddings of 29,858 users x 40,981 items, train
+Part 1 times ``recsys.ranking.full_ranking`` on random 64-d embeddings of 29,858 users x 40,981 items, train
 interactions masked, K = 20, with ``torch.set_num_threads(2)``: median of several repeats, with the
 breakdown setup / score (the matmul) / mask / top-k / metrics, for a few variants (matmul backend and
 layout, top-k prefilter on or off, chunk size). The masked and ground-truth pairs are gowalla's train and
 test when /work/shared/data/gowalla exists (ingested into a temporary directory with the preset split),
-otherwise random pairs of the same sizes. It then evaluates the most-popular and random baselines on
-gowalla test (honest protocol: train and valid masked) and prints their Recall@20 / NDCG@20.
+otherwise random pairs of the same sizes.
+
+Part 2 (gowalla only) writes an artifact of the same random embeddings and, in the same run:
+
+* times the bare fp32 score matmul: numpy, 4,096-user chunks into one preallocated buffer, every user;
+* times the whole ``recsys evaluate --artifact A --dataset D --split test`` in a child process (start-up,
+  loading and validating the artifact, the model row with segments and geometry, the default baselines
+  popular and random, the JSON) and divides it by the matmul;
+* times ``recsys evaluate --dataset D --baselines graph-filter --k 20`` in a child process, end to end, and
+  prints the graph filter's honest test Recall@20 / NDCG@20, its selected hyperparameters and its phases.
 
 It also reports how busy the machine was: the cores used by other processes during the timed runs
-(/proc/stat minus this process's own CPU time), since another job on a 2-core machine inflates every
-number here.
+(/proc/stat minus this process's own CPU time, and its children's), since another job on a 2-core machine
+inflates every number here.
 
-    python benchmarks/evaluate.py                      # 5 repeats, all variants, baselines
-    python benchmarks/evaluate.py --repeats 3 --variants auto,torch-nn --no-baselines
+    python benchmarks/evaluate.py                      # 5 repeats, all variants, then part 2
+    OPENBLAS_NUM_THREADS=1 python benchmarks/evaluate.py --threads 1 --variants auto --repeats 3
+    python benchmarks/evaluate.py --repeats 3 --variants auto,torch-nn --no-command --no-graph-filter
 
 Prints a table and writes benchmarks/results/evaluate.json.
 """
@@ -32,6 +41,8 @@ import json  # noqa: E402
 import platform  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
@@ -39,16 +50,17 @@ from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from recsys import evaluate  # noqa: E402
+from recsys import ranking  # noqa: E402
+from recsys.artifact import write_embeddings_artifact  # noqa: E402
 from recsys.dataset import Dataset, load_dataset  # noqa: E402
-from recsys.evaluate import (  # noqa: E402
+from recsys.ranking import (  # noqa: E402
     EmbeddingScorer,
     FunctionScorer,
     Scorer,
     auto_batch_size,
-    evaluate_split,
     full_ranking,
 )
 
@@ -93,8 +105,8 @@ class _CpuMeter:
 
     @staticmethod
     def _own() -> float:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _gowalla(workdir: Path) -> Dataset | None:
@@ -141,13 +153,13 @@ def _variant(name: str, user: torch.Tensor, item: torch.Tensor) -> tuple[Scorer,
 @contextmanager
 def _plain_topk(enabled: bool) -> Iterator[None]:
     """Switch off the block-max prefilter of ``topk_rows`` (a block wider than any row)."""
-    saved = evaluate.TOPK_BLOCK
+    saved = ranking.TOPK_BLOCK
     if enabled:
-        evaluate.TOPK_BLOCK = 1 << 40
+        ranking.TOPK_BLOCK = 1 << 40
     try:
         yield
     finally:
-        evaluate.TOPK_BLOCK = saved
+        ranking.TOPK_BLOCK = saved
 
 
 def _time_variant(
@@ -181,6 +193,95 @@ def _time_variant(
     }
 
 
+def _bare_matmul(user: torch.Tensor, item: torch.Tensor, repeats: int) -> float:
+    """Median seconds of ``user @ item.T`` in 4,096-user chunks into one preallocated fp32 buffer (numpy)."""
+    u, i_t = user.numpy(), item.numpy().T
+    buffer = np.empty((4096, i_t.shape[1]), dtype=np.float32)
+    np.matmul(u[:4096], i_t, out=buffer)  # warm-up: page in the buffer, start the BLAS threads
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for first in range(0, u.shape[0], 4096):
+            rows = u[first : first + 4096]
+            np.matmul(rows, i_t, out=buffer[: rows.shape[0]])
+        runs.append(time.perf_counter() - start)
+    return statistics.median(runs)
+
+
+def _run_cli(args: list[str], threads: int) -> dict[str, float]:
+    """Run ``recsys ...`` in a child process: wall seconds, CPU seconds and the others' cores meanwhile.
+
+    The child gets the parent's thread count (``OMP_NUM_THREADS``; OpenBLAS's comes from the environment).
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    with _CpuMeter() as meter:
+        run = subprocess.run(
+            [sys.executable, "-m", "recsys.cli", *args], capture_output=True, text=True, check=False, env=env
+        )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if run.returncode != 0:
+        msg = f"recsys {' '.join(args)} failed:\n{run.stderr[-3000:]}"
+        raise SystemExit(msg)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return {"wall_s": meter.wall, "cpu_s": cpu, "others_cores": meter.others / meter.wall}
+
+
+def _part2(
+    dataset: Dataset, user: torch.Tensor, item: torch.Tensor, opts: argparse.Namespace
+) -> dict[str, Any]:
+    """The whole command against the bare matmul, and the graph-filter row; see the module docstring."""
+    out: dict[str, Any] = {}
+    artifact = opts.workdir / "random-artifact"
+    config = {"model": "random", "protocol": "honest"}
+    write_embeddings_artifact(artifact, dataset, user, item, config=config, force=True)
+    matmul = _bare_matmul(user, item, opts.repeats)
+    out["bare_matmul_s"] = matmul
+    print(f"\nbare fp32 matmul (numpy, 4,096-user chunks into one buffer): {matmul:.2f} s", flush=True)
+    data = str(opts.workdir / "gowalla")
+    if opts.command:
+        report = opts.workdir / "eval_command.json"
+        args = ["evaluate", "-q", "--artifact", str(artifact), "--dataset", data, "--split", "test"]
+        timing = _run_cli([*args, "--out", str(report)], opts.threads)
+        after = _bare_matmul(user, item, opts.repeats)  # again, in case the machine got busier meanwhile
+        rows = json.loads(report.read_text())
+        out["command"] = {
+            **timing,
+            "matmul_after_s": after,
+            "ratio": timing["wall_s"] / matmul,
+            "rows_s": {rows["model"]["name"]: rows["model"]["seconds"]}
+            | {name: row["seconds"] for name, row in rows["baselines"].items()},
+        }
+        print(
+            f"recsys evaluate (model + popular + random, k 10,20,50): {timing['wall_s']:.2f} s wall, "
+            f"{timing['cpu_s']:.2f} s CPU = {timing['wall_s'] / matmul:.1f}x the matmul "
+            f"(matmul again after: {after:.2f} s; others used {timing['others_cores']:.2f} cores)",
+            flush=True,
+        )
+    if opts.graph_filter:
+        report = opts.workdir / "eval_graph_filter.json"
+        args = ["evaluate", "-q", "--dataset", data, "--split", "test", "--k", "20"]
+        timing = _run_cli([*args, "--baselines", "graph-filter", "--out", str(report)], opts.threads)
+        row = json.loads(report.read_text())["baselines"]["graph-filter"]
+        details = {key: value for key, value in row["details"].items() if key != "description"}
+        out["graph_filter"] = {
+            **timing,
+            "recall@20": row["metrics"]["recall@20"],
+            "ndcg@20": row["metrics"]["ndcg@20"],
+            **details,
+        }
+        print(
+            f"graph-filter (honest, test): recall@20 {row['metrics']['recall@20']:.4f}, ndcg@20 "
+            f"{row['metrics']['ndcg@20']:.4f}; end to end {timing['wall_s']:.1f} s wall, "
+            f"{timing['cpu_s']:.1f} s CPU "
+            f"(build {details['build_seconds']:.1f}, tune {details['select_seconds']:.1f}, rank "
+            f"{details['rank_seconds']:.1f}; alpha {details['ideal_weight']:g}, gamma "
+            f"{details['popularity_exponent']:g}; others used {timing['others_cores']:.2f} cores)",
+            flush=True,
+        )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -193,7 +294,12 @@ def main() -> None:
         help=f"comma-separated, of {', '.join(VARIANTS)} or bNNN (batch NNN)",
     )
     parser.add_argument("--dim", type=int, default=64, help="embedding dimension")
-    parser.add_argument("--no-baselines", action="store_true", help="skip the gowalla baselines")
+    parser.add_argument(
+        "--no-command", dest="command", action="store_false", help="skip timing the whole recsys evaluate"
+    )
+    parser.add_argument(
+        "--no-graph-filter", dest="graph_filter", action="store_false", help="skip the graph-filter row"
+    )
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "recsys-bench-evaluate")
     opts = parser.parse_args()
     names = opts.variants.split(",")
@@ -217,13 +323,6 @@ def main() -> None:
 
     results = [_time_variant(name, user, item, train, test, opts.repeats) for name in names]
 
-    baselines: dict[str, dict[str, float]] = {}
-    baseline_users = (0, 0)
-    if dataset is not None and not opts.no_baselines:
-        report = evaluate_split(dataset, split="test", protocol="honest", ks=[20])
-        baselines = {row.name: {**row.metrics, "seconds": row.seconds} for row in report.baselines}
-        baseline_users = (report.num_users, report.num_skipped)
-
     print(
         f"\nfull-ranking evaluation, {NUM_USERS:,} users x {NUM_ITEMS:,} items, d={opts.dim}, K=20,\n"
         f"{source}; torch {torch.__version__}, {opts.threads} threads, {os.cpu_count()} cores;\n"
@@ -241,14 +340,7 @@ def main() -> None:
             + "".join(f"{m[p]:>8.3f}" for p in PHASES)
             + f"{gflop / m['score']:>9.1f}{m['others_cores']:>8.2f}"
         )
-    if baselines:
-        print(
-            f"\nbaselines on gowalla test (honest: train + valid masked; {baseline_users[0]:,} users, "
-            f"{baseline_users[1]} skipped)"
-        )
-        print(f"{'baseline':<14}{'recall@20':>10}{'ndcg@20':>10}{'seconds':>9}")
-        for name, m in baselines.items():
-            print(f"{name:<14}{m['recall@20']:>10.4f}{m['ndcg@20']:>10.4f}{m['seconds']:>9.2f}")
+    part2 = _part2(dataset, user, item, opts) if dataset is not None else {}
 
     RESULTS.mkdir(exist_ok=True)
     payload = {
@@ -264,7 +356,7 @@ def main() -> None:
         "repeats": opts.repeats,
         "gflop": gflop,
         "results": results,
-        "baselines_gowalla_test": baselines,
+        "gowalla_command": part2,
     }
     (RESULTS / "evaluate.json").write_text(json.dumps(payload, indent=2) + "\n")
     print(f"\nwrote {RESULTS / 'evaluate.json'}")

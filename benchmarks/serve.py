@@ -97,7 +97,7 @@ def build_artifact(workdir: Path) -> Path:
 
     from pipelines.dataset import write_dataset
     from pipelines.splits import Splits
-    from recsys.artifact import write_artifact
+    from recsys.artifact import write_embeddings_artifact
     from recsys.dataset import load_dataset
 
     out = workdir / "artifact"
@@ -118,16 +118,9 @@ def build_artifact(workdir: Path) -> Path:
     data = load_dataset(workdir / "dataset")
     g = torch.Generator().manual_seed(0)
     user, item = torch.randn(NUM_USERS, DIM, generator=g), torch.randn(NUM_ITEMS, DIM, generator=g)
-    return write_artifact(
-        out,
-        dataset=data,
-        config={"model": "mf", "note": "random embeddings for benchmarks/serve.py"},
-        state_dict={"embedding": torch.cat([user, item])},
-        user_emb=user,
-        item_emb=item,
-        train_pairs=data.train,
-        metrics={},
-        history=[{"epoch": 1, "loss": 0.0}],
+    config = {"model": "mf", "note": "random embeddings for benchmarks/serve.py"}
+    return write_embeddings_artifact(
+        out, data, user, item, config=config, history=[{"epoch": 1, "loss": 0.0}]
     )
 
 

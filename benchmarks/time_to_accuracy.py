@@ -185,7 +185,7 @@ def main() -> None:
             f"authors' operations: {authors_epoch_s:.1f} s per epoch "
             f"= {authors_epoch_s / floor_s:.2f} floor epochs"
         )
-    head = f"{'recipe':<11}{'epochs':>7}{'s/epoch':>9}{'x floor':>9}{'best R@20':>11}{'to target':>22}"
+    head = f"{'recipe':<11}{'epochs':>7}{'s/epoch':>9}{'x floor':>9}{'best R@20':>11}{'to target':>26}"
     print(head)
     for row in rows:
         hit = time_to(row["curve"], opts.target) if opts.protocol == "paper" else None
@@ -195,10 +195,14 @@ def main() -> None:
             else {"epoch": hit[0], "train_s": hit[1], "floor_epochs": round(hit[1] / floor_s, 2)}
         )
         best = max(c["recall@20"] for c in row["curve"])
-        reached = "-" if hit is None else f"epoch {hit[0]}, {hit[1] / floor_s:.2f} floor ep."
+        reached = (
+            f"not in {len(row['curve'])} epochs"
+            if hit is None
+            else f"epoch {hit[0]}, {hit[1] / floor_s:.2f} floor ep."
+        )
         print(
             f"{row['recipe']:<11}{len(row['curve']):>7}{row['median_epoch_s']:>9.1f}"
-            f"{row['median_epoch_s'] / floor_s:>9.2f}{best:>11.4f}{reached:>22}"
+            f"{row['median_epoch_s'] / floor_s:>9.2f}{best:>11.4f}  {reached:>24}"
         )
     summary: dict[str, Any] = {"floor": floors, "floor_epoch_s": floor_s, "target": opts.target}
     if authors_epoch_s and reference_hit:

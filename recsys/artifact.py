@@ -80,6 +80,12 @@ class Artifact:
         return str(self.config["model"])
 
     @property
+    def protocol(self) -> str:
+        """The protocol it was trained under (``honest`` when the artifact does not say)."""
+        trained = self.config.get("config", {}).get("protocol") or self.metrics.get("protocol")
+        return str(trained or "honest")
+
+    @property
     def artifact_id(self) -> str:
         """A short stable id of this artifact (digest of its config and embeddings files)."""
         return str(self.config.get("artifact_id", ""))
@@ -128,12 +134,41 @@ def write_artifact(
             "num_train_interactions": int(train_pairs.size(1)),
             "dataset": {
                 "path": str(dataset.path.resolve()),
-                "meta_sha256": hashlib.sha256((dataset.path / "meta.json").read_bytes()).hexdigest(),
+                "meta_sha256": dataset_digest(dataset.path),
             },
         }
         (tmp / "config.json").write_text(json.dumps(full_config, indent=2) + "\n")
         _plot(history, tmp / "curve.png")
     return Path(out)
+
+
+def write_embeddings_artifact(
+    out: Path,
+    dataset: Dataset,
+    user_emb: Tensor,
+    item_emb: Tensor,
+    *,
+    config: dict[str, Any],
+    history: list[dict[str, Any]] | None = None,
+    force: bool = False,
+) -> Path:
+    """An artifact for embeddings made elsewhere (random ones for benchmarks and tests, another library's).
+
+    The embeddings are the only weights, the dataset's train split is the seen items, and ``config`` needs at
+    least ``model`` (and ``protocol`` when not honest).
+    """
+    return write_artifact(
+        out,
+        dataset=dataset,
+        config=config,
+        state_dict={"embedding": torch.cat([user_emb, item_emb])},
+        user_emb=user_emb,
+        item_emb=item_emb,
+        train_pairs=dataset.train,
+        metrics={"protocol": config.get("protocol", "honest")},
+        history=history or [],
+        force=force,
+    )
 
 
 def load_artifact(path: Path) -> Artifact:
@@ -181,6 +216,48 @@ def load_artifact(path: Path) -> Artifact:
     return Artifact(path, config, metrics, user_emb.float(), item_emb.float(), users, items, indptr, indices)
 
 
+def dataset_digest(path: Path) -> str:
+    """The digest training records for a dataset directory: SHA-256 of its ``meta.json``."""
+    return hashlib.sha256((Path(path) / "meta.json").read_bytes()).hexdigest()
+
+
+def check_dataset(artifact: Artifact, dataset: Dataset, *, allow_other: bool = False) -> str | None:
+    """Check that ``artifact`` was trained on ``dataset``: same counts, and the digest recorded at training.
+
+    Args:
+        artifact: The loaded artifact.
+        dataset: The dataset to evaluate it on.
+        allow_other: Return the digest mismatch as a warning instead of raising it.
+
+    Returns:
+        ``None`` when it matches, otherwise (with ``allow_other``) the warning text.
+
+    Raises:
+        InputError: other user/item counts (never allowed: the ids would not line up), or another digest.
+    """
+    if (artifact.user_emb.size(0), artifact.item_emb.size(0)) != (dataset.num_users, dataset.num_items):
+        msg = (
+            f"{artifact.path}: trained on {artifact.user_emb.size(0):,} users and "
+            f"{artifact.item_emb.size(0):,} items, but {dataset.path} has {dataset.num_users:,} users and "
+            f"{dataset.num_items:,} items"
+        )
+        raise InputError(msg)
+    recorded = artifact.config.get("dataset", {}).get("meta_sha256")
+    if dataset.path is None or not recorded:
+        return None
+    actual = dataset_digest(dataset.path)
+    if actual == recorded:
+        return None
+    trained_on = artifact.config.get("dataset", {}).get("path", "?")
+    msg = (
+        f"{artifact.path}: trained on dataset {trained_on} (meta.json sha256 {recorded[:12]}), but "
+        f"{dataset.path} has meta.json sha256 {actual[:12]}"
+    )
+    if not allow_other:
+        raise InputError(msg + "; pass --allow-other-dataset to evaluate it anyway")
+    return msg
+
+
 def load_state_dict(path: Path) -> dict[str, Tensor]:
     """The model weights of an artifact (``weights_only``: no code is unpickled)."""
     return _read_tensors(Path(path) / "model.pt", ())
@@ -225,31 +302,6 @@ def _first_line(exc: BaseException) -> str:
 
 def _plot(history: list[dict[str, Any]], out: Path) -> None:
     """Loss terms and the evaluated metrics per epoch, side by side."""
-    import matplotlib
+    from recsys.plots import training_curve
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] for r in history]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for term in ("loss", "bpr", "cl"):
-        if any(r.get(term) for r in history):
-            left.plot(epochs, [r[term] for r in history], label=term, marker=".")
-    left.set(xlabel="epoch", ylabel="training loss", title="losses")
-    left.legend()
-    for split in ("valid", "test"):
-        points = [(r["epoch"], r[split]) for r in history if split in r]
-        for metric in ("recall@20", "ndcg@20"):
-            if points and metric in points[0][1]:
-                right.plot(
-                    [e for e, _ in points],
-                    [m[metric] for _, m in points],
-                    label=f"{split} {metric}",
-                    marker=".",
-                )
-    right.set(xlabel="epoch", title="evaluation")
-    if right.lines:
-        right.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
+    training_curve(history).savefig(out, dpi=80)

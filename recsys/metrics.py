@@ -1,7 +1,7 @@
 r"""Top-K ranking metrics on recommended item indices and ground-truth interactions.
 
 Everything here is a pure function of tensors (no config, no dataset): the evaluator in
-:mod:`recsys.evaluate` produces the top-K lists in user chunks and feeds them to a
+:mod:`recsys.ranking` produces the top-K lists in user chunks and feeds them to a
 :class:`RankingAccumulator`; :func:`ranking_metrics` is the one-shot form for a single batch.
 
 Notation, for one evaluated user :math:`u` with relevant (ground-truth) items :math:`R_u`,
@@ -113,6 +113,7 @@ class RankingAccumulator:
         item_popularity: Popularity of every item, shape ``(num_items,)``; without it, ``popularity@K`` is
             not reported.
         device: Where the state lives: the device of the tensors passed to :meth:`update`.
+        num_groups: Groups of users (e.g. activity segments) to also average the per-user metrics over.
     """
 
     def __init__(
@@ -122,6 +123,7 @@ class RankingAccumulator:
         item_popularity: Tensor | None = None,
         *,
         device: torch.device | str | None = None,
+        num_groups: int = 0,
     ) -> None:
         self.ks = check_ks(ks)
         if num_items <= 0:
@@ -139,6 +141,9 @@ class RankingAccumulator:
                 [item_popularity.to(device, f64), torch.zeros(1, dtype=f64, device=device)]
             )
         self._sums = torch.zeros(len(METRIC_NAMES), len(self.ks), dtype=f64, device=device)
+        # Per-group sums and user counts (e.g. user-activity segments), when groups are passed to update().
+        self._group_sums = torch.zeros(num_groups, len(METRIC_NAMES), len(self.ks), dtype=f64, device=device)
+        self._group_users = torch.zeros(num_groups, dtype=f64, device=device)
         self._pop_sum = torch.zeros(len(self.ks), dtype=f64, device=device)
         self._slots = torch.zeros(len(self.ks), dtype=f64, device=device)  # non-padding slots up to each K
         # Smallest position at which each item was recommended to anyone (max_k: never); gives coverage@K.
@@ -156,7 +161,9 @@ class RankingAccumulator:
         """The largest cut-off: the length of the lists to pass to :meth:`update`."""
         return self.ks[-1]
 
-    def update(self, topk_index: Tensor, rel: Tensor, num_relevant: Tensor) -> None:
+    def update(
+        self, topk_index: Tensor, rel: Tensor, num_relevant: Tensor, groups: Tensor | None = None
+    ) -> None:
         """Add one chunk of users.
 
         Args:
@@ -164,6 +171,7 @@ class RankingAccumulator:
                 padding. Only the first ``max_k`` columns are used.
             rel: Relevance of each recommendation, boolean, shape ``(B, L)`` (see :func:`relevance`).
             num_relevant: :math:`|R_u|` of each row, shape ``(B,)``. Rows with 0 are skipped entirely.
+            groups: Group of each row, ``(B,)`` int64 in ``0..num_groups-1``, for :meth:`compute_groups`.
         """
         if topk_index.dim() != 2 or topk_index.size(1) < self.max_k:
             msg = f"'topk_index' needs shape (B, L) with L >= {self.max_k} (got {tuple(topk_index.shape)})"
@@ -177,12 +185,11 @@ class RankingAccumulator:
         keep = num_relevant > 0
         if not bool(keep.all()):
             topk_index, rel, num_relevant = topk_index[keep], rel[keep], num_relevant[keep]
+            groups = groups[keep] if groups is not None else None
         topk_index = topk_index[:, : self.max_k]
         rel = rel[:, : self.max_k]
-        num_users = topk_index.size(0)
-        if num_users == 0:
+        if topk_index.size(0) == 0:
             return
-        self.num_users += num_users
 
         ki = self._k_index
         hits = rel.cumsum(1, dtype=torch.float64)[:, ki]  # (B, len(ks)) hits@K
@@ -193,7 +200,7 @@ class RankingAccumulator:
         first = torch.where(rel.any(1), rel.to(torch.uint8).argmax(1), self.max_k).unsqueeze(1)
         mrr = torch.where(first <= ki, 1.0 / (first.to(torch.float64) + 1.0), 0.0)
         per_user = torch.stack([hits / n_rel, dcg / idcg, hits / self._ks, (hits > 0).double(), mrr])
-        self._sums += per_user.sum(1)
+        self.add_users(per_user, groups)
 
         # Padding (-1) is sent to an extra slot at index num_items, which compute() ignores; this avoids a
         # boolean-mask gather (a nonzero() per chunk).
@@ -204,6 +211,19 @@ class RankingAccumulator:
         self._first_rank.scatter_reduce_(0, safe.flatten(), positions.flatten(), reduce="amin")
         if self.item_popularity is not None:
             self._pop_sum += self.item_popularity[safe].cumsum(1)[:, ki].sum(0)
+
+    def add_users(self, per_user: Tensor, groups: Tensor | None = None) -> None:
+        """Add per-user metric values, shape ``(len(METRIC_NAMES), B, len(ks))``, and their groups ``(B,)``.
+
+        :meth:`update` calls this with the values of its lists; a baseline whose metrics have a closed form
+        (the expected values of a random ranking) passes them directly. Lists, and so coverage and
+        popularity, are only counted by :meth:`update`.
+        """
+        self.num_users += per_user.size(1)
+        self._sums += per_user.sum(1)
+        if groups is not None:
+            self._group_sums.index_add_(0, groups, per_user.transpose(0, 1))
+            self._group_users.index_add_(0, groups, torch.ones_like(groups, dtype=torch.float64))
 
     def compute(self) -> dict[str, float]:
         """The metrics as ``{"recall@20": ..., "coverage@20": ...}``; all 0 when no user was added.
@@ -226,6 +246,18 @@ class RankingAccumulator:
         if self.item_popularity is not None:
             for j, k in enumerate(self.ks):
                 out[f"popularity@{k}"] = pop[j] / slots[j] if slots[j] > 0 else 0.0
+        return out
+
+    def compute_groups(self) -> list[dict[str, float]]:
+        """Per group (see :meth:`update`): ``{"users": n, "recall@20": ..., ...}``, per-user metrics only."""
+        sums, users = self._group_sums.cpu().tolist(), self._group_users.cpu().tolist()
+        out = []
+        for g, n in enumerate(users):
+            row: dict[str, float] = {"users": int(n)}
+            for m, name in enumerate(METRIC_NAMES):
+                for j, k in enumerate(self.ks):
+                    row[f"{name}@{k}"] = sums[g][m][j] / n if n else 0.0
+            out.append(row)
         return out
 
 

@@ -544,8 +544,10 @@ def load_checkpoint(directory: Path, run: TrainRun, *, rank: int = 0) -> TrainSt
         raise InputError(msg) from exc
     # A key the checkpoint lacks is a field added since it was written: it ran with that field's default.
     saved = {**{f.name: f.default for f in fields(TrainConfig)}, **payload["config"]}
-    if saved != run.cfg.to_dict():
-        changed = sorted(k for k, v in run.cfg.to_dict().items() if saved.get(k) != v)
+    # The epoch cap may change: a run can be extended, or ended where it is (a cap at the epoch reached).
+    current = {**run.cfg.to_dict(), "epochs": saved["epochs"]}
+    if saved != current:
+        changed = sorted(k for k, v in current.items() if saved.get(k) != v)
         msg = f"--resume: the checkpoint at {path} was made with a different config ({', '.join(changed)})"
         raise InputError(msg)
     run.model.load_state_dict(payload["model"])

@@ -23,7 +23,9 @@ def test_every_option_of_every_command_is_explained():
                 assert action.help, f"recsys {name} {action.option_strings} has no help text"
 
 
-@pytest.mark.parametrize("command", ["ingest", "generate", "train", "evaluate", "serve", "recommend", "demo"])
+@pytest.mark.parametrize(
+    "command", ["ingest", "generate", "train", "evaluate", "report", "serve", "recommend", "demo"]
+)
 def test_help_shows_defaults(command, capsys):
     with pytest.raises(SystemExit) as exc:
         main([command, "--help"])
@@ -48,8 +50,9 @@ def test_demo_runs_the_whole_job_and_beats_popularity(tmp_path, capsys):
     assert main([*argv, "--port", "18765"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"ingest  -> .*dataset: \d[\d,]* users, \d[\d,]* items", out)
-    rows = dict(re.findall(r"^(xsimgcl|most-popular) +([0-9.]+)", out.split("recall@20")[1], re.M))
-    assert float(rows["xsimgcl"]) > 1.5 * float(rows["most-popular"])
+    rows = dict(re.findall(r"^(xsimgcl|popular|graph-filter) +([0-9.]+)", out.split("recall@20")[1], re.M))
+    assert float(rows["xsimgcl"]) > 1.5 * float(rows["popular"]) and "graph-filter" in rows
+    assert (tmp_path / "report.html").is_file()
     answer, _ = json.JSONDecoder().raw_decode(out.split("?k=5:\n")[1])
     assert len(answer["items"]) == 5 and answer["model_version"]
     assert (tmp_path / "xsimgcl" / "embeddings.pt").is_file()

@@ -1,35 +1,38 @@
-"""The chunked full-ranking evaluator, the baselines, the protocols, reports and ``recsys evaluate``."""
+"""The chunked full-ranking evaluator, the protocols, reports and ``recsys evaluate``."""
 
+import hashlib
 import json
 import math
+import shutil
 
 import pytest
 import torch
+from toy_artifact import random_artifact
 
 from pipelines import IngestConfig, ingest
 from pipelines.readers import LogSpec
+from recsys.baselines import PopularityScorer, RandomScorer
 from recsys.cli import main
-from recsys.dataset import Dataset, load_dataset
+from recsys.dataset import Dataset
 from recsys.errors import InputError
 from recsys.evaluate import (
-    EmbeddingScorer,
-    FunctionScorer,
-    PopularityScorer,
     Protocol,
-    RandomScorer,
-    auto_batch_size,
-    evaluate_embeddings,
     evaluate_split,
     excluded_splits,
     format_report,
-    full_ranking,
-    load_embeddings,
-    topk_items,
-    topk_rows,
     training_splits,
     write_report,
 )
 from recsys.metrics import ranking_metrics
+from recsys.ranking import (
+    EmbeddingScorer,
+    FunctionScorer,
+    auto_batch_size,
+    evaluate_embeddings,
+    full_ranking,
+    topk_items,
+    topk_rows,
+)
 
 NUM_USERS, NUM_ITEMS, DIM = 25, 40, 8
 
@@ -193,27 +196,33 @@ def test_evaluate_split_report(toy, tmp_path) -> None:
     )
     assert report.protocol is Protocol.HONEST
     assert (report.split, report.ks, report.num_users, report.num_skipped) == ("test", (5, 10), 22, 3)
-    assert report.metrics == pytest.approx(direct.metrics)
-    assert [row.name for row in report.rows] == ["model", "most-popular", "random"]
+    assert {k: report.metrics[k] for k in direct.metrics} == pytest.approx(direct.metrics)
+    assert [row.name for row in report.rows] == ["model", "popular", "random"]
     assert report.excluded == ("train", "valid")
 
     data = json.loads(write_report(report, tmp_path / "r.json").read_text())
     assert data["protocol"] == "honest"
     assert data["metrics"]["recall@10"] == pytest.approx(report.metrics["recall@10"])
-    assert set(data["baselines"]) == {"most-popular", "random"}
+    assert set(data["baselines"]) == {"popular", "random"}
     assert (data["num_users"], data["num_skipped"], data["ks"]) == (22, 3, [5, 10])
+    assert set(data["model"]["segments"]["users"]) == {"cold", "regular", "heavy"}
+    assert data["segments"]["thresholds"]["head_share"] == 0.2
+    assert data["embedding"]["alignment"] == pytest.approx(report.embedding["alignment"])
+    assert data["data"]["interactions"]["test"] == toy["test"].size(1)
 
     table = format_report(report)
     assert table.splitlines()[0].startswith("protocol honest | split test")
     assert "users evaluated 22 | skipped (no ground truth) 3" in table
-    assert "recall@10" in table and "coverage@5" in table
-    assert sum(line.startswith(("model ", "most-popular", "random")) for line in table.splitlines()) == 6
+    assert "recall@10" in table and "coverage@5" in table and "gini@10" in table
+    # Each row: one line per K block and one in the segment block.
+    assert sum(line.startswith(("model ", "popular", "random")) for line in table.splitlines()) == 9
+    assert "head items have >=" in table and "embedding geometry: alignment" in table
 
 
 def test_paper_protocol_uses_train_and_valid(toy) -> None:
     ds = _dataset(toy)
-    honest = evaluate_split(ds, split="test", ks=[5], baselines=["most-popular"])
-    paper = evaluate_split(ds, split="test", protocol="paper", ks=[5], baselines=["most-popular"])
+    honest = evaluate_split(ds, split="test", ks=[5], baselines=["popular"])
+    paper = evaluate_split(ds, split="test", protocol="paper", ks=[5], baselines=["popular"])
     assert paper.protocol is Protocol.PAPER and paper.model is None
     train_valid = torch.cat([toy["train"], toy["valid"]], 1)
     expected = full_ranking(
@@ -225,7 +234,7 @@ def test_paper_protocol_uses_train_and_valid(toy) -> None:
         ks=[5],
         item_popularity=torch.bincount(train_valid[1], minlength=NUM_ITEMS),
     )
-    assert paper.baselines[0].metrics == pytest.approx(expected.metrics)
+    assert {k: paper.baselines[0].metrics[k] for k in expected.metrics} == pytest.approx(expected.metrics)
     assert honest.baselines[0].metrics["popularity@5"] != paper.baselines[0].metrics["popularity@5"]
     with pytest.raises(InputError, match="paper"):
         evaluate_split(ds, split="valid", protocol="paper")
@@ -238,30 +247,12 @@ def test_bad_inputs_raise(toy) -> None:
         evaluate_embeddings(toy["user"], toy["item"], toy["test"], batch_size=0)
     with pytest.raises(ValueError, match="item_emb"):
         EmbeddingScorer(toy["user"], toy["item"][:, :3])
-    with pytest.raises(InputError, match="rows"):
+    with pytest.raises(InputError, match="do not fit the dataset.s 25 users"):
         evaluate_split(_dataset(toy), toy["user"][:5], toy["item"])
     with pytest.raises(InputError, match="baseline"):
         evaluate_split(_dataset(toy), baselines=["oracle"])
     assert auto_batch_size(40_981) == 1637
     assert auto_batch_size(10) == 4096
-
-
-def test_load_embeddings(toy, tmp_path) -> None:
-    with pytest.raises(InputError, match="no such artifact"):
-        load_embeddings(tmp_path / "nope")
-    with pytest.raises(InputError, match="missing"):
-        load_embeddings(tmp_path)
-    (tmp_path / "embeddings.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(InputError, match="cannot read"):
-        load_embeddings(tmp_path)
-    torch.save({"users": toy["user"]}, tmp_path / "embeddings.pt")
-    with pytest.raises(InputError, match="'user' and 'item'"):
-        load_embeddings(tmp_path)
-    torch.save({"user": toy["user"], "item": toy["item"]}, tmp_path / "embeddings.pt")
-    with pytest.raises(InputError, match="dataset has 41 items"):
-        load_embeddings(tmp_path, num_users=NUM_USERS, num_items=41)
-    user, item = load_embeddings(tmp_path, num_users=NUM_USERS, num_items=NUM_ITEMS)
-    assert torch.equal(user, toy["user"]) and torch.equal(item, toy["item"])
 
 
 @pytest.mark.gpu
@@ -288,15 +279,8 @@ def tiny_dataset(tmp_path):
 
 
 def test_cli_evaluate_artifact(tiny_dataset, tmp_path, capsys) -> None:
-    ds = load_dataset(tiny_dataset)
     artifact = tmp_path / "run"
-    artifact.mkdir()
-    g = torch.Generator().manual_seed(0)
-    emb = {
-        "user": torch.randn(ds.num_users, 4, generator=g),
-        "item": torch.randn(ds.num_items, 4, generator=g),
-    }
-    torch.save(emb, artifact / "embeddings.pt")
+    ds, user, item = random_artifact(tiny_dataset, artifact)
     code = main(
         ["evaluate", "-q", "--artifact", str(artifact), "--dataset", str(tiny_dataset), "--k", "5,10"]
     )
@@ -304,16 +288,49 @@ def test_cli_evaluate_artifact(tiny_dataset, tmp_path, capsys) -> None:
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[0].startswith("protocol honest | split test (excluding train + valid)")
-    assert any(line.startswith("model ") for line in lines)
-    assert any(line.startswith("most-popular ") for line in lines)
+    assert any(line.startswith("mf ") for line in lines)
+    assert any(line.startswith("popular ") for line in lines)
     assert f"wrote {artifact / 'eval_test.json'}" in out
     data = json.loads((artifact / "eval_test.json").read_text())
     assert data["protocol"] == "honest" and data["split"] == "test" and data["ks"] == [5, 10]
     assert data["artifact"] == str(artifact)
     assert data["num_users"] + data["num_skipped"] == ds.num_users
-    expected = evaluate_split(ds, emb["user"], emb["item"], ks=[5, 10], baselines=())
+    expected = evaluate_split(ds, user, item, ks=[5, 10], baselines=())
     assert data["metrics"] == pytest.approx(expected.metrics)
     assert f"{expected.metrics['recall@5']:.4f}" in out
+
+
+def test_cli_evaluate_reads_the_protocol_from_the_artifact(tiny_dataset, tmp_path) -> None:
+    artifact = tmp_path / "run"
+    random_artifact(tiny_dataset, artifact)
+    config = json.loads((artifact / "config.json").read_text())
+    config["config"]["protocol"] = "paper"
+    (artifact / "config.json").write_text(json.dumps(config))
+    args = ["evaluate", "-q", "--artifact", str(artifact), "--dataset", str(tiny_dataset), "--k", "5"]
+    assert main([*args, "--baselines", "none"]) == 0
+    assert json.loads((artifact / "eval_test.json").read_text())["protocol"] == "paper"
+    assert main([*args, "--baselines", "none", "--protocol", "honest"]) == 0
+    assert json.loads((artifact / "eval_test.json").read_text())["protocol"] == "honest"
+
+
+def test_cli_evaluate_refuses_an_artifact_of_another_dataset(tiny_dataset, tmp_path, capsys, caplog) -> None:
+    """Same counts, other data: the digest recorded at training names the mismatch (issue 12)."""
+    artifact = tmp_path / "run"
+    random_artifact(tiny_dataset, artifact)
+    recorded = json.loads((artifact / "config.json").read_text())["dataset"]["meta_sha256"]
+    other = tmp_path / "other"
+    shutil.copytree(tiny_dataset, other)
+    meta = json.loads((other / "meta.json").read_text())
+    meta["note"] = "re-ingested"
+    (other / "meta.json").write_text(json.dumps(meta))
+    args = ["evaluate", "-q", "--artifact", str(artifact), "--dataset", str(other), "--k", "5"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and recorded[:12] in err and "--allow-other-dataset" in err
+    actual = hashlib.sha256((other / "meta.json").read_bytes()).hexdigest()
+    assert actual[:12] in err
+    assert main([*args, "--allow-other-dataset"]) == 0
+    assert any("warning:" in r.message and recorded[:12] in r.message for r in caplog.records)
 
 
 def test_cli_evaluate_baselines_only_and_errors(tiny_dataset, tmp_path, capsys) -> None:

@@ -112,6 +112,11 @@ def test_resume_ends_exactly_as_an_uninterrupted_run(dataset_dir, tmp_path):
     cfg = TrainConfig(model="xsimgcl", embedding_dim=16, batch_size=256, epochs=4, seed=3)
     ckpt = tmp_path / "ckpt"
     check_resume_matches(data, cfg, ckpt)
+    # The epoch cap alone may change on resume: extend the run by two epochs.
+    longer = fit(
+        data, TrainConfig(**{**cfg.to_dict(), "epochs": 6}), checkpoint_dir=ckpt, resume=True, progress=False
+    )
+    assert [r["epoch"] for r in longer.history] == [1, 2, 3, 4, 5, 6]
     with pytest.raises(InputError, match="different config"):
         fit(
             data,
