@@ -321,8 +321,49 @@ def train_epochs(
     :func:`should_stop`), so every replica leaves the loop after the same epoch. ``after_epoch`` gets each
     epoch's record (losses averaged over all replicas; the selection metrics on rank 0 only).
     """
+    cfg = run.cfg
     with deterministic_algorithms():
-        _epoch_loop(run, state, replica, progress=progress, after_epoch=after_epoch)
+        while state.epoch < cfg.epochs and not state.stopped:
+            epoch = state.epoch + 1
+            tic = time.perf_counter()
+            run.model.train()
+            run.negatives.refresh(run.model, run.adj, epoch)  # meta-node k-means; else a no-op
+            batches = epoch_batches(run.pairs, run.sampler, cfg.batch_size, run.sample_rng)
+            sums = replica.sum(
+                train_epoch(run, batches, replica, desc=f"epoch {epoch}/{cfg.epochs}", progress=progress)
+            )
+            record: dict[str, Any] = {"epoch": epoch}
+            record.update(
+                {k: round(v, 6) for k, v in zip(LOSS_TERMS, (sums / run.pairs.size(1)).tolist(), strict=True)}
+            )
+            record.update(run.negatives.epoch_stats())  # probe_gap, probe_grad_cos when probing
+            state.step += len(batches)
+            record["step"] = state.step
+            record["train_seconds"] = round(time.perf_counter() - tic, 3)
+            if replica.rank == 0 and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
+                metrics = _evaluate(run.model, run.adj, run.truth, run.exclude, run.ks)
+                record[run.eval_split] = metrics
+                value = metrics[cfg.metric]
+                if value > state.best_value:
+                    state.best_value, state.best_epoch, state.best_step = value, epoch, state.step
+                    state.best_state = copy.deepcopy(run.model.state_dict())
+                state.stopped = should_stop(cfg, state.step, state.best_step)
+            state.stopped = bool(replica.broadcast(int(state.stopped)))
+            record["seconds"] = round(time.perf_counter() - tic, 3)
+            state.epoch = epoch
+            state.history.append(record)
+            if replica.rank == 0:
+                logger.info(_describe(record, run.eval_split, cfg.metric))
+            after_epoch(record)
+        if state.stopped and replica.rank == 0:
+            logger.info(
+                "early stop after epoch %d (step %d): no better %s since step %d (epoch %d)",
+                state.epoch,
+                state.step,
+                cfg.metric,
+                state.best_step,
+                state.best_epoch,
+            )
 
 
 @contextmanager
@@ -349,58 +390,6 @@ def deterministic_algorithms() -> Iterator[None]:
     finally:
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
         deterministic.fill_uninitialized_memory = fill  # type: ignore[attr-defined]
-
-
-def _epoch_loop(
-    run: TrainRun,
-    state: TrainState,
-    replica: Replica,
-    *,
-    progress: bool,
-    after_epoch: Callable[[dict[str, Any]], None],
-) -> None:
-    cfg = run.cfg
-    while state.epoch < cfg.epochs and not state.stopped:
-        epoch = state.epoch + 1
-        tic = time.perf_counter()
-        run.model.train()
-        run.negatives.refresh(run.model, run.adj, epoch)  # k-means of the meta-node negatives; else a no-op
-        batches = epoch_batches(run.pairs, run.sampler, cfg.batch_size, run.sample_rng)
-        sums = replica.sum(
-            train_epoch(run, batches, replica, desc=f"epoch {epoch}/{cfg.epochs}", progress=progress)
-        )
-        record: dict[str, Any] = {"epoch": epoch}
-        record.update(
-            {k: round(v, 6) for k, v in zip(LOSS_TERMS, (sums / run.pairs.size(1)).tolist(), strict=True)}
-        )
-        record.update(run.negatives.epoch_stats())  # probe_gap, probe_grad_cos when probing
-        state.step += len(batches)
-        record["step"] = state.step
-        record["train_seconds"] = round(time.perf_counter() - tic, 3)
-        if replica.rank == 0 and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
-            metrics = _evaluate(run.model, run.adj, run.truth, run.exclude, run.ks)
-            record[run.eval_split] = metrics
-            value = metrics[cfg.metric]
-            if value > state.best_value:
-                state.best_value, state.best_epoch, state.best_step = value, epoch, state.step
-                state.best_state = copy.deepcopy(run.model.state_dict())
-            state.stopped = should_stop(cfg, state.step, state.best_step)
-        state.stopped = bool(replica.broadcast(int(state.stopped)))
-        record["seconds"] = round(time.perf_counter() - tic, 3)
-        state.epoch = epoch
-        state.history.append(record)
-        if replica.rank == 0:
-            logger.info(_describe(record, run.eval_split, cfg.metric))
-        after_epoch(record)
-    if state.stopped and replica.rank == 0:
-        logger.info(
-            "early stop after epoch %d (step %d): no better %s since step %d (epoch %d)",
-            state.epoch,
-            state.step,
-            cfg.metric,
-            state.best_step,
-            state.best_epoch,
-        )
 
 
 def should_stop(cfg: TrainConfig, step: int, best_step: int) -> bool:
