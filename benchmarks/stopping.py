@@ -192,7 +192,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     opts.workdir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for shape in opts.shapes.split(","):
+    for shape in filter(None, opts.shapes.split(",")):
         if shape == "gowalla-u20" and not (GOWALLA / "train.txt").is_file():
             sys.exit(f"gowalla not found at {GOWALLA}")
         data = load_dataset(SHAPES[shape](opts.workdir))
