@@ -1,7 +1,7 @@
 r"""Meta-node negatives benchmark on gowalla (../shared/data/gowalla, preset split).
 
 Compares the InfoNCE negatives of SimGCL/XSimGCL (``cl_negatives``): ``in_batch`` (as published),
-``metanode`` at several K (all nodes through K k-means meta-nodes, shared/design/metanode-contrastive.md)
+``metanode`` at several K (all nodes through K k-means meta-nodes, docs/metanode.md)
 and ``full`` (every node, exact). Two modes, each printing a table and writing JSON under
 benchmarks/results/:
 

@@ -34,7 +34,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from train import GOWALLA, RESULTS, write_rows
+from train import GOWALLA, RESULTS, merged_with_earlier, write_rows
 
 from pipelines import IngestConfig, ingest
 from pipelines.readers import LogSpec
@@ -164,15 +164,6 @@ def _old_rule() -> Rule:
     return fires
 
 
-def merged_with_earlier(path: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """This run's rows plus earlier runs' rows of other (shape, preset) pairs: shapes can run one by one."""
-    if not path.is_file():
-        return rows
-    fresh = {(r["shape"], r["preset"]) for r in rows}
-    earlier = [r for r in json.loads(path.read_text())["rows"] if (r["shape"], r.get("preset")) not in fresh]
-    return earlier + rows
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -213,7 +204,7 @@ def main() -> None:
                 "history": history,
             }
         )
-    rows = merged_with_earlier(RESULTS / "stopping.json", rows)
+    rows = merged_with_earlier(RESULTS / "stopping.json", rows, ("shape", "preset"))
     cols = [
         "shape",
         "preset",

@@ -44,7 +44,9 @@ from train import GOWALLA, RESULTS, gowalla, reference_epoch_s, write_rows
 from recsys.config import config_from_dict
 from recsys.dataset import Dataset
 from recsys.graph import NodeOrder, build_graph
-from recsys.train import CHECKPOINT_FILE, fit
+from recsys.protocol import selection_split
+from recsys.train import fit
+from recsys.training_run import CHECKPOINT_FILE
 
 FLOOR_PRODUCTS = 4  # sparse products per 2-layer step: 2 forward, 2 backward
 BATCHES = 396  # gowalla's steps per epoch at batch 2048 (810,128 train ∪ valid pairs)
@@ -83,7 +85,7 @@ def run_recipe(
         resume=resume and (checkpoint / CHECKPOINT_FILE).is_file(),
         progress=sys.stderr.isatty(),
     )
-    split = "test" if protocol == "paper" else "valid"
+    split = selection_split(protocol)
     curve, wall = [], 0.0
     for record in result.history:
         wall += record["train_seconds"]

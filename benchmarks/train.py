@@ -56,6 +56,15 @@ def write_rows(out: Path, threads: int, rows: list[dict]) -> None:
     print(f"wrote {out}")
 
 
+def merged_with_earlier(path: Path, rows: list[dict], key: tuple[str, ...]) -> list[dict]:
+    """This run's rows plus earlier runs' rows with other ``key`` values, so cases can run one by one."""
+    if not path.is_file():
+        return rows
+    fresh = {tuple(r.get(k) for k in key) for r in rows}
+    earlier = [r for r in json.loads(path.read_text())["rows"] if tuple(r.get(k) for k in key) not in fresh]
+    return earlier + rows
+
+
 def gowalla(workdir: Path) -> Dataset:
     """Ingest gowalla once (cached in ``workdir``) and load it."""
     out = workdir / "gowalla"

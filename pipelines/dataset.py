@@ -1,4 +1,4 @@
-"""Write the dataset directory (contract 1 in ``shared/design/architecture.md``) atomically."""
+"""Write the dataset directory (contract 1 in ``docs/architecture.md``) atomically."""
 
 from __future__ import annotations
 

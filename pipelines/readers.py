@@ -8,18 +8,38 @@ rows, and a bad value is reported with its file and line instead of as a parser 
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
 from pipelines.columns import FORMATS, ITEM_ID, LINE, RATING, TIMESTAMP, USER_ID
-from recsys.errors import InputError
+from recsys.errors import InputError, first_line
 
 DEFAULT_SEPARATORS = {"csv": ",", "tsv": "\t"}
 _ID_COLUMNS = (USER_ID, ITEM_ID)
 _TEXT = "_text"  # a raw line of a text file
+_EXPECTED = {
+    "csv": "a CSV text file",
+    "tsv": "a TSV text file",
+    "parquet": "a Parquet file",
+    "jsonl": "a JSON Lines text file (one JSON object per line)",
+    "lightgcn": "a LightGCN text file ('user item item ...' per line)",
+}
+_SNIFF_BYTES = 8192
+_PARQUET_MAGIC = b"PAR1"
+# Files often handed to a text format by mistake: what they are, and what to do.
+_SIGNATURES = {
+    _PARQUET_MAGIC: "not a text file: it is a Parquet file (use --format parquet)",
+    b"\x1f\x8b": "not a text file: it is gzip-compressed (decompress it first)",
+    b"PK\x03\x04": "not a text file: it is a zip archive, e.g. an .xlsx workbook (export the sheet as CSV)",
+    b"\xff\xfe": "UTF-16 text, not UTF-8 (save it as UTF-8)",
+    b"\xfe\xff": "UTF-16 text, not UTF-8 (save it as UTF-8)",
+}
 
 
 @dataclass(frozen=True)
@@ -64,20 +84,57 @@ def read_log(path: Path, spec: LogSpec) -> pl.DataFrame:
     """Read and type one log file.
 
     Raises:
-        InputError: the file is missing or empty, a named column is absent, a line is malformed, or a
-            timestamp or rating cannot be parsed. The message names the file and, where it can, the line.
+        InputError: the path is missing, a directory, empty, or not a file of ``spec.format`` (binary data
+            for a text format); a named column is absent; a line is malformed or not UTF-8; or a timestamp
+            or rating cannot be parsed. The message names the file and, where it can, the line.
     """
     path = Path(path)
-    if not path.is_file():
+    _check_file(path, spec)
+    try:
+        if spec.format == "lightgcn":
+            return _read_lightgcn(path)
+        return _parse_table(path, spec, _scan_table(path, spec))
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise InputError(_locate_parse_error(path, spec, exc)) from exc
+
+
+def _check_file(path: Path, spec: LogSpec) -> None:
+    """Fail in one line on a path that cannot hold the log, before a parser turns it into a stranger error.
+
+    Only the first bytes are read: a NUL byte there (or a known binary signature) means a text format got a
+    binary file, whose bytes would otherwise come back as "columns found".
+    """
+    expected = f"--format {spec.format} expects {_EXPECTED[spec.format]}"
+    if path.is_dir():
+        msg = f"{path}: is a directory, not a file; {expected}"
+        raise InputError(msg)
+    if not path.exists():
         msg = f"{path}: no such file"
         raise InputError(msg)
-    if path.stat().st_size == 0:
+    if not path.is_file():
+        msg = f"{path}: not a regular file; {expected}"
+        raise InputError(msg)
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(_SNIFF_BYTES)
+    except OSError as exc:
+        msg = f"{path}: cannot read the file: {first_line(exc)}"
+        raise InputError(msg) from exc
+    if not head:
         msg = f"{path}: the file is empty"
         raise InputError(msg)
-    if spec.format == "lightgcn":
-        return _read_lightgcn(path)
-    raw = _scan_table(path, spec)
-    return _parse_table(path, spec, raw)
+    nul = head.find(b"\0")
+    if spec.format == "parquet":
+        if not head.startswith(_PARQUET_MAGIC):
+            hint = "" if nul >= 0 else "; it looks like text: use --format csv, tsv, jsonl or lightgcn"
+            msg = f"{path}: not a Parquet file (it does not start with the magic bytes PAR1){hint}"
+            raise InputError(msg)
+        return
+    known = next((what for magic, what in _SIGNATURES.items() if head.startswith(magic)), None)
+    if known is not None or nul >= 0:
+        what = known or f"not a text file: it holds binary data (a NUL byte at offset {nul})"
+        msg = f"{path}: {what}; {expected}"
+        raise InputError(msg)
 
 
 def _scan_table(path: Path, spec: LogSpec) -> pl.LazyFrame:
@@ -98,7 +155,7 @@ def _scan_table(path: Path, spec: LogSpec) -> pl.LazyFrame:
         )
     else:
         lf = _scan_multichar_separated(path, spec)
-    found = [c for c in _collect_schema(path, spec, lf).names() if c != LINE]
+    found = [c for c in lf.collect_schema().names() if c != LINE]
     wanted = {
         USER_ID: spec.user_col,
         ITEM_ID: spec.item_col,
@@ -115,13 +172,6 @@ def _scan_table(path: Path, spec: LogSpec) -> pl.LazyFrame:
     return lf.select(
         pl.col(LINE).cast(pl.Int64), *(pl.col(col).alias(name) for name, col in wanted.items() if col)
     )
-
-
-def _collect_schema(path: Path, spec: LogSpec, lf: pl.LazyFrame) -> pl.Schema:
-    try:
-        return lf.collect_schema()
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        raise InputError(_locate_parse_error(path, spec, exc)) from exc
 
 
 def _scan_multichar_separated(path: Path, spec: LogSpec) -> pl.LazyFrame:
@@ -148,7 +198,7 @@ def _scan_multichar_separated(path: Path, spec: LogSpec) -> pl.LazyFrame:
 
 def _parse_table(path: Path, spec: LogSpec, raw: pl.LazyFrame) -> pl.DataFrame:
     """Type the raw columns in one pass; flag values that do not parse and report the first one."""
-    schema = _collect_schema(path, spec, raw)
+    schema = raw.collect_schema()
     parsed: dict[str, pl.Expr] = {name: _id_expr(name, schema[name]) for name in _ID_COLUMNS}
     expected = {TIMESTAMP: "epoch numbers or date-times like 2024-01-31 12:00:00", RATING: "a number"}
     if TIMESTAMP in schema:
@@ -169,10 +219,7 @@ def _parse_table(path: Path, spec: LogSpec, raw: pl.LazyFrame) -> pl.DataFrame:
     opts = (
         pl.QueryOptFlags(projection_pushdown=False) if spec.format in ("csv", "tsv") else pl.QueryOptFlags()
     )
-    try:
-        df = typed.collect(engine="streaming", optimizations=opts)
-    except pl.exceptions.PolarsError as exc:
-        raise InputError(_locate_parse_error(path, spec, exc)) from exc
+    df = typed.collect(engine="streaming", optimizations=opts)
     for column in checked:
         if df[f"_bad_{column}"].any():
             first = df.filter(pl.col(f"_bad_{column}")).head(1)[LINE][0]
@@ -231,37 +278,120 @@ def _timestamp_expr(dtype: pl.DataType, sample: pl.Series) -> pl.Expr:
 
 
 def _locate_parse_error(path: Path, spec: LogSpec, exc: Exception) -> str:
-    """Turn a polars parse failure into a message with a line number when one can be found cheaply."""
+    """Turn a parser failure into a message with the line and the reason, when one can be found.
+
+    The checks below run only after the fast reader failed, so they may read the file again.
+    """
+    if spec.format != "parquet" and "utf" in str(exc).lower():
+        found = _locate_invalid_utf8(path)
+        if found:
+            return found
     if spec.format in ("csv", "tsv"):
-        sep = spec.field_separator
-        lines = pl.scan_lines(path, name=_TEXT, row_index_name=LINE, row_index_offset=1)
-        expected = (
-            lines.head(1).collect()[_TEXT].str.count_matches(sep, literal=True)[0]
-            if spec.has_header
-            else None
-        )
-        if expected is not None:
-            # Quoted fields may hold the separator; only lines without quotes are judged.
-            bad = (
-                lines.filter(
-                    ~pl.col(_TEXT).str.contains('"', literal=True)
-                    & (pl.col(_TEXT).str.count_matches(sep, literal=True) > expected)
-                )
-                .head(1)
-                .collect()
-            )
-            if bad.height:
-                found = bad[_TEXT].str.count_matches(sep, literal=True)[0] + 1
-                return f"{path}, line {bad[LINE][0]}: expected {expected + 1} fields, found {found}"
+        with contextlib.suppress(pl.exceptions.PolarsError):  # a second failure: fall through to the first
+            found = _locate_extra_fields(path, spec)
+            if found:
+                return found
     if spec.format == "jsonl":
-        with path.open(encoding="utf-8", errors="replace") as handle:
-            for number, line in enumerate(handle, start=1):
-                if line.strip():
-                    try:
-                        json.loads(line)
-                    except json.JSONDecodeError as err:
-                        return f"{path}, line {number}: invalid JSON ({err.msg})"
-    return f"{path}: cannot parse the file: {_first_line(exc)}"
+        found = _locate_jsonl_error(path)
+        if found:
+            return found
+    return f"{path}: cannot parse the file: {first_line(exc)}"
+
+
+def _locate_invalid_utf8(path: Path) -> str | None:
+    """The first line that is not UTF-8, with the offending byte."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return (
+                    f"{path}, line {number}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column "
+                    f"{err.start + 1}); save the file as UTF-8"
+                )
+    return None
+
+
+def _locate_extra_fields(path: Path, spec: LogSpec) -> str | None:
+    """The first unquoted line with more separators than the header."""
+    if not spec.has_header:
+        return None
+    sep = spec.field_separator
+    lines = pl.scan_lines(path, name=_TEXT, row_index_name=LINE, row_index_offset=1)
+    expected = lines.head(1).collect()[_TEXT].str.count_matches(sep, literal=True)[0]
+    # Quoted fields may hold the separator; only lines without quotes are judged.
+    bad = (
+        lines.filter(
+            ~pl.col(_TEXT).str.contains('"', literal=True)
+            & (pl.col(_TEXT).str.count_matches(sep, literal=True) > expected)
+        )
+        .head(1)
+        .collect()
+    )
+    if not bad.height:
+        return None
+    found = bad[_TEXT].str.count_matches(sep, literal=True)[0] + 1
+    return f"{path}, line {bad[LINE][0]}: expected {expected + 1} fields, found {found}"
+
+
+def _locate_jsonl_error(path: Path) -> str | None:
+    """The first JSON Lines record polars cannot read, and why: not JSON, not an object, or a type clash.
+
+    polars infers one type per field over the lines. Numbers mix with numbers, arrays with arrays, objects
+    with objects (field by field), and anything with strings (the field becomes text); any other mix fails
+    with an error such as "failed to determine supertype of struct[2] and struct[2]" that names no line.
+    """
+    first: dict[tuple[str, ...], dict[str, int]] = {}  # field path -> kind -> first line with that kind
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                return f"{path}, line {number}: invalid JSON ({err.msg} at column {err.colno})"
+            if not isinstance(record, dict):
+                return f"{path}, line {number}: expected a JSON object, found {_json_kind(record)}"
+            for field, kind in _json_fields(record, ()):
+                seen = first.setdefault(field, {})
+                seen.setdefault(kind, number)
+                if len(seen) > 1 and not any(_STRING in first[field[:n]] for n in range(1, len(field) + 1)):
+                    other, where = next((k, n) for k, n in seen.items() if k != kind)
+                    name = "".join(key if key == "[]" else f".{key}" for key in field).lstrip(".")
+                    return (
+                        f"{path}, line {number}: field {name!r} is {kind} here but {other} on line {where}; "
+                        "a field needs the same JSON type on every line"
+                    )
+    return None
+
+
+_STRING = "a string"
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return _STRING
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def _json_fields(
+    value: dict[str, Any] | list[Any], field: tuple[str, ...]
+) -> Iterator[tuple[tuple[str, ...], str]]:
+    """Every non-null value's field path and kind, a container before its contents (``[]``: an element)."""
+    items = value.items() if isinstance(value, dict) else (("[]", item) for item in value)
+    for key, item in items:
+        if item is None:
+            continue
+        path = (*field, key)
+        yield path, _json_kind(item)
+        if isinstance(item, dict | list):
+            yield from _json_fields(item, path)
 
 
 def _read_lightgcn(path: Path) -> pl.DataFrame:
@@ -292,8 +422,3 @@ def _read_lightgcn(path: Path) -> pl.DataFrame:
     return typed.filter(pl.col(ITEM_ID).is_not_null()).select(
         LINE, pl.col(f"{USER_ID}_int").alias(USER_ID), pl.col(f"{ITEM_ID}_int").alias(ITEM_ID)
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

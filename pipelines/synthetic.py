@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from tqdm import tqdm
 
 from recsys.errors import InputError
+from recsys.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def generate(cfg: SyntheticConfig, out: Path, fmt: str = "csv", *, progress: boo
     try:
         with _Writer(tmp, fmt) as writer:
             bounds = world.user_chunks(_CHUNK_ROWS)
-            for lo, hi in tqdm(bounds, desc="generate", unit="chunk", disable=not progress):
+            for lo, hi in Progress(bounds, desc="generate", unit="chunk", enabled=progress):
                 chunk = world.events(lo, hi, rng)
                 writer.write(chunk)
                 rows += chunk.height

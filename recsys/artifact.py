@@ -2,7 +2,8 @@
 
 Layout::
 
-    config.json      format version, model name, resolved config, dataset digest, counts, trained-at
+    config.json      format version, model name, resolved config, dataset digest and ingest options,
+                     counts, trained-at, parent artifact (warm-started models)
     model.pt         state_dict (tensors only: loads with torch.load(weights_only=True))
     embeddings.pt    {"user": (U, d), "item": (I, d)} final embeddings used for scoring
     users.parquet    user_idx <-> raw_id      (copied from the dataset)
@@ -34,7 +35,7 @@ from torch import Tensor
 import recsys
 from recsys.atomic import atomic_directory, check_directory
 from recsys.dataset import Dataset
-from recsys.errors import InputError
+from recsys.errors import InputError, first_line
 
 ARTIFACT_FORMAT_VERSION = 1
 REQUIRED_FILES = (
@@ -103,8 +104,14 @@ def write_artifact(
     metrics: dict[str, Any],
     history: list[dict[str, Any]],
     force: bool = False,
+    parent: dict[str, Any] | None = None,
 ) -> Path:
-    """Write an artifact directory atomically (see the module docstring for its layout)."""
+    """Write an artifact directory atomically (see the module docstring for its layout).
+
+    ``config.json`` also records the dataset's ingest options (``dataset.options``, from its ``meta.json``),
+    so the next version of the log can be ingested the same way (``recsys refresh``), and, for a
+    warm-started model, its ``parent`` (:meth:`recsys.warmstart.WarmStart.record`): its lineage.
+    """
     if dataset.path is None:
         msg = "the dataset must come from a directory (its id maps are copied into the artifact)"
         raise ValueError(msg)
@@ -135,8 +142,11 @@ def write_artifact(
             "dataset": {
                 "path": str(dataset.path.resolve()),
                 "meta_sha256": dataset_digest(dataset.path),
+                "options": dataset.meta.get("options"),
             },
         }
+        if parent is not None:
+            full_config["parent"] = parent
         (tmp / "config.json").write_text(json.dumps(full_config, indent=2) + "\n")
         _plot(history, tmp / "curve.png")
     return Path(out)
@@ -192,13 +202,13 @@ def load_artifact(path: Path) -> Artifact:
         users = pl.read_parquet(path / "users.parquet")
         items = pl.read_parquet(path / "items.parquet")
     except (OSError, pl.exceptions.PolarsError) as exc:
-        msg = f"{path}: cannot read the id maps: {_first_line(exc)}"
+        msg = f"{path}: cannot read the id maps: {first_line(exc)}"
         raise InputError(msg) from exc
     try:
         with np.load(path / "seen.npz", allow_pickle=False) as seen:
             indptr, indices = seen["indptr"], seen["indices"]
     except (OSError, ValueError, KeyError) as exc:
-        msg = f"{path / 'seen.npz'}: cannot read: {_first_line(exc)}"
+        msg = f"{path / 'seen.npz'}: cannot read: {first_line(exc)}"
         raise InputError(msg) from exc
     user_emb, item_emb = emb["user"], emb["item"]
     problems = []
@@ -275,7 +285,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         value = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        msg = f"{path}: not valid JSON: {_first_line(exc)}"
+        msg = f"{path}: not valid JSON: {first_line(exc)}"
         raise InputError(msg) from exc
     if not isinstance(value, dict):
         msg = f"{path}: expected a JSON object"
@@ -287,17 +297,12 @@ def _read_tensors(path: Path, keys: tuple[str, ...]) -> dict[str, Tensor]:
     try:
         value = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt file; all mean the same to a user
-        msg = f"{path}: cannot load tensors: {_first_line(exc)}"
+        msg = f"{path}: cannot load tensors: {first_line(exc)}"
         raise InputError(msg) from exc
     if not isinstance(value, dict) or any(not isinstance(value.get(k), Tensor) for k in keys):
         msg = f"{path}: expected a dict of tensors with keys {', '.join(keys)}"
         raise InputError(msg)
     return value
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _plot(history: list[dict[str, Any]], out: Path) -> None:

@@ -45,8 +45,8 @@ from recsys.ranking import (
     ListMeasure,
     RankingResult,
     auto_batch_size,
+    excluded_pairs,
     topk_chunks,
-    user_positions,
 )
 from recsys.segments import ITEM_SEGMENTS, USER_SEGMENTS, Segments, summarise
 
@@ -105,7 +105,7 @@ def popular_lists(
     k: int,
     *,
     num_users: int,
-    exclude: Tensor,
+    exclude: Tensor | ChunkedPairs,
     batch_size: int = 4096,
 ) -> Iterator[tuple[int, int, Tensor]]:
     r"""The first ``k`` items of ``order`` each user may get, chunked like :func:`recsys.ranking.topk_chunks`.
@@ -120,7 +120,8 @@ def popular_lists(
         users: Users to rank for, ``(U,)``, distinct.
         k: List length.
         num_users: Number of users.
-        exclude: Pairs never to recommend, ``(2, E)``.
+        exclude: Pairs never to recommend, ``(2, E)``, or the same prepared for ``users``
+            (:func:`recsys.ranking.excluded_pairs`).
         batch_size: Users per chunk.
 
     Yields:
@@ -130,13 +131,12 @@ def popular_lists(
     order, users = order.cpu(), users.cpu()
     rank = torch.empty_like(order)
     rank[order] = torch.arange(num_items)
-    masked = ChunkedPairs(exclude.cpu(), user_positions(users, num_users), users.numel(), num_items)
-    ptr = masked.indptr.tolist()
+    masked = excluded_pairs(exclude, users, num_users, num_items)
     stride = num_items + 1
     places = torch.arange(k)
     for start in range(0, users.numel(), batch_size):
         end = min(start + batch_size, users.numel())
-        keys = masked.chunk(start, end, ptr)
+        keys = masked.chunk(start, end)
         rows = keys // num_items
         ranked = torch.sort(rows * stride + rank[keys % num_items]).values  # masked places, per row ascending
         first = torch.searchsorted(ranked, torch.arange(end - start + 1) * stride)
@@ -179,7 +179,7 @@ class RandomScorer:
 
 def expected_random(
     truth: GroundTruth,
-    exclude: Tensor,
+    exclude: Tensor | ChunkedPairs,
     ks: Sequence[int],
     *,
     item_popularity: Tensor | None = None,
@@ -199,7 +199,8 @@ def expected_random(
 
     Args:
         truth: The evaluated users and their relevant items.
-        exclude: Masked pairs, ``(2, E)``.
+        exclude: Masked pairs, ``(2, E)``, or the same prepared for ``truth.users``
+            (:func:`recsys.ranking.excluded_pairs`).
         ks: Cut-offs.
         item_popularity: Popularity per item, for ``popularity@K``.
         segments: If given, the segment metrics too (``gini@K`` is then that of the expected exposure).
@@ -212,8 +213,7 @@ def expected_random(
     f64 = torch.float64
     num_items, num_rows = truth.num_items, len(truth)
     device = truth.users.device
-    position = user_positions(truth.users, truth.num_users)
-    masked = ChunkedPairs(exclude.to(device), position, num_rows, num_items)
+    masked = excluded_pairs(exclude, truth.users, truth.num_users, num_items)
     masked_rows, masked_items = masked.keys // num_items, masked.keys % num_items
     n = (num_items - masked.indptr.diff()).to(f64)  # candidates per user
     rel_rows, rel_items = truth.keys.keys // num_items, truth.keys.keys % num_items

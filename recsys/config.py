@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from recsys.errors import InputError
+from recsys.model_registry import MODELS, ModelSpec, contrastive_models
+from recsys.protocol import parse_protocol
 
-MODEL_NAMES = ("mf", "lightgcn", "simgcl", "xsimgcl")
-PROTOCOLS = ("honest", "paper")
 CL_NEGATIVES = ("in_batch", "full", "metanode")
 KEY_WEIGHTS = ("uniform", "degree")
-CL_MODELS = ("simgcl", "xsimgcl")
 
 # Named bundles of optimisation settings. ``reference`` is the authors' configuration exactly (SELFRec
 # conf/SimGCL.yaml and conf/XSimGCL.yaml); ``fast`` reaches the authors' accuracy in 3 epochs instead of 8
@@ -26,98 +25,105 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 DEFAULT_PRESET = "reference"
 
-# The authors' per-model values of λ, ε and τ, filled in when unset.
-MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "simgcl": {"cl_weight": 0.5, "noise_eps": 0.1, "temperature": 0.2},
-    "xsimgcl": {"cl_weight": 0.2, "noise_eps": 0.2, "temperature": 0.15},
-}
+
+def option(default: Any, text: str, **metadata: Any) -> Any:
+    """A :class:`TrainConfig` field with its help text, the one description of it (``recsys train --help``).
+
+    Args:
+        default: The field's default.
+        text: What the field means, as the CLI shows it (``metadata["help"]``).
+        **metadata: More for the CLI, e.g. ``choices``.
+    """
+    return field(default=default, metadata={"help": text, **metadata})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a training run. Written, resolved, into the artifact's ``config.json``.
 
-    Args:
-        model: ``mf``, ``lightgcn``, ``simgcl`` or ``xsimgcl``.
-        preset: The :data:`PRESETS` entry the optimisation settings started from (flags may override
-            them; :func:`config_from_dict` applies it).
-        embedding_dim: Embedding size d.
-        num_layers: Propagation layers L (ignored by ``mf``).
-        cl_weight: λ, weight of the contrastive loss (SimGCL 0.5, XSimGCL 0.2 when unset).
-        noise_eps: ε, noise magnitude (SimGCL 0.1, XSimGCL 0.2 when unset).
-        temperature: τ of InfoNCE (SimGCL 0.2, XSimGCL 0.15 when unset).
-        cl_layer: l*, the layer XSimGCL contrasts with the final embedding.
-        reg_weight: Weight of the L2 regulariser.
-        lr: Adam learning rate.
-        batch_size: Interactions per batch.
-        epochs: Maximum epochs: a safety cap; the stopping rule below is what ends a run.
-        eval_every: Evaluate every this many epochs.
-        patience_steps: Stop once this many optimiser steps have passed since the best evaluation of
-            ``metric``. Counted in steps, not evaluations, so that the rule waits as long on a dataset of
-            19 batches per epoch as on one of 396 (the dip that follows the contrastive term lasted up to
-            ~1,200 steps on the graphs measured; see ``docs/benchmarks.md``).
-        min_steps: Never stop before this many optimiser steps.
-        metric: Model-selection metric, e.g. ``recall@20``.
-        protocol: ``honest`` (train on train, select on valid, report test once) or ``paper`` (train on
-            train ∪ valid, report the best test epoch, as the authors do).
-        seed: Seed of initialisation, sampling and noise.
-        device: ``auto``, ``cpu`` or ``cuda`` (``auto`` takes CUDA when available).
-        threads: CPU threads for torch (``None``: torch's default).
-        cl_negatives: InfoNCE negatives of SimGCL/XSimGCL: ``in_batch`` (as published), ``full`` (every
-            user/item of the side, exact) or ``metanode`` (every node, through K k-means meta-nodes; see
-            ``shared/design/metanode-contrastive.md``).
-        metanode_clusters: K, meta-nodes per side (clipped to the side's size).
-        metanode_second_order: Add the diagonal-variance term to the meta-node logits.
-        metanode_refresh_epochs: Re-run k-means every this many epochs.
-        metanode_kmeans_iters: Lloyd iterations of the first k-means (later ones: 3, warm-started).
-        metanode_full_below: A side with at most this many nodes uses the exact ``full`` loss.
-        metanode_detach: No gradient through the meta-nodes' means and variances (anchors only).
-        metanode_key_weight: Key weights ω of ``full`` and ``metanode``: ``uniform`` or ``degree``
-            (``ω_v = N·deg(v)/Σ deg``, close to the popularity weighting of in-batch negatives).
-        metanode_probe_every: Every this many steps, log the gap to the exact loss and the anchor-gradient
-            cosine (``probe_gap``, ``probe_grad_cos`` in the epoch record); 0 is off.
+    Each field's meaning is its ``help`` metadata (:func:`option`), which ``recsys train --help`` shows;
+    comments beside a few fields say why they are as they are.
+
+    λ, ε and τ (``cl_weight``, ``noise_eps``, ``temperature``) are ``None`` until :meth:`resolved`, meaning
+    "the model's own value" (:data:`recsys.model_registry.MODELS`). Training resolves the config first, so
+    for a contrastive model they are floats everywhere after that, the artifact's ``config.json`` included.
+    ``mf`` and ``lightgcn`` have no contrastive term and never read them; resolving leaves them as given
+    (``None`` unless set) instead of inventing values that would have no effect.
     """
 
-    model: str = "xsimgcl"
-    preset: str = DEFAULT_PRESET
-    embedding_dim: int = 64
-    num_layers: int = 2
-    cl_weight: float | None = None
-    noise_eps: float | None = None
-    temperature: float | None = None
-    cl_layer: int = 1
-    reg_weight: float = 1e-4
-    lr: float = 1e-3
-    batch_size: int = 2048
-    epochs: int = 1000
-    eval_every: int = 1
-    patience_steps: int = 2500
-    min_steps: int = 2500
-    metric: str = "recall@20"
-    protocol: str = "honest"
-    seed: int = 0
-    device: str = "auto"
-    threads: int | None = None
-    cl_negatives: str = "in_batch"
-    metanode_clusters: int = 1024
-    metanode_second_order: bool = True
-    metanode_refresh_epochs: int = 1
-    metanode_kmeans_iters: int = 10
-    metanode_full_below: int = 8192
-    metanode_detach: bool = False
-    metanode_key_weight: str = "uniform"
-    metanode_probe_every: int = 0
+    model: str = option("xsimgcl", "model to train")
+    preset: str = option(
+        DEFAULT_PRESET,
+        "optimisation settings to start from: reference (the authors' configuration exactly) or fast "
+        "(learning rate 0.005: the authors' accuracy in 3 epochs instead of 8, ~1% lower at convergence); "
+        "flags override them",
+        choices=tuple(PRESETS),
+    )  # config_from_dict applies it: flags and config-file keys override the preset's settings
+    embedding_dim: int = option(64, "embedding size d")
+    num_layers: int = option(2, "propagation layers L (ignored by mf)")
+    cl_weight: float | None = option(None, "λ, contrastive loss weight")
+    noise_eps: float | None = option(None, "ε, noise magnitude")
+    temperature: float | None = option(None, "τ of InfoNCE")
+    cl_layer: int = option(1, "l*, the layer XSimGCL contrasts with the final embedding")
+    reg_weight: float = option(1e-4, "L2 regularisation weight")
+    lr: float = option(1e-3, "Adam learning rate")
+    batch_size: int = option(2048, "interactions per batch")
+    epochs: int = option(1000, "maximum epochs (a safety cap: the stopping rule ends the run)")
+    eval_every: int = option(1, "evaluate every N epochs")
+    # Steps, not evaluations: the rule then waits as long on a dataset of 19 batches per epoch as on one of
+    # 396. The dip that follows the contrastive term lasted up to ~1,200 steps on the graphs measured
+    # (docs/benchmarks.md).
+    patience_steps: int = option(
+        2500,
+        "stop once this many optimiser steps pass without a better --metric on the selection split (steps, "
+        "not evaluations: the same wait on small and large datasets)",
+    )
+    min_steps: int = option(2500, "never stop before this many optimiser steps")
+    metric: str = option("recall@20", "model-selection metric")
+    protocol: str = option(
+        "honest",
+        "honest: train on train, select on valid, test once; paper: train on train+valid, best test epoch "
+        "(as the authors)",
+    )  # recsys.protocol says which splits each one uses
+    seed: int = option(0, "seed of initialisation, sampling and noise")
+    device: str = option("auto", "auto (CUDA if available), cpu or cuda")
+    threads: int | None = option(None, "CPU threads for torch (default: torch's choice)")
+    cl_negatives: str = option(
+        "in_batch",
+        "InfoNCE negatives of simgcl/xsimgcl: in_batch (as published), full (all users/items, exact) or "
+        "metanode (all, through k-means meta-nodes; docs/metanode.md)",
+    )
+    metanode_clusters: int = option(1024, "K, meta-nodes per side (clipped to the number of users/items)")
+    metanode_second_order: bool = option(
+        True, "add the diagonal-variance term to the meta-node logits (true/false)"
+    )
+    metanode_refresh_epochs: int = option(1, "re-run k-means every N epochs")
+    metanode_kmeans_iters: int = option(
+        10, "Lloyd iterations of the first k-means (later ones: 3, warm-started)"
+    )
+    metanode_full_below: int = option(8192, "use the exact full loss on a side with at most this many nodes")
+    metanode_detach: bool = option(
+        False, "no gradient through the meta-nodes' means and variances, to the anchors only (true/false)"
+    )
+    metanode_key_weight: str = option(
+        "uniform",
+        "key weights ω of full/metanode: uniform, or degree (ω_v = N·deg(v)/Σ deg, close to the popularity "
+        "weighting of in-batch negatives)",
+    )
+    metanode_probe_every: int = option(
+        0,
+        "every N steps log the gap to the exact loss and the anchor-gradient cosine (probe_gap, "
+        "probe_grad_cos in the epoch record; 0: off)",
+    )
 
     def __post_init__(self) -> None:
-        if self.model not in MODEL_NAMES:
-            msg = f"unknown model {self.model!r}; expected one of {', '.join(MODEL_NAMES)}"
+        if self.model not in MODELS:
+            msg = f"unknown model {self.model!r}; expected one of {', '.join(MODELS)}"
             raise InputError(msg)
         if self.preset not in PRESETS:
             msg = f"unknown preset {self.preset!r}; expected one of {', '.join(PRESETS)}"
             raise InputError(msg)
-        if self.protocol not in PROTOCOLS:
-            msg = f"unknown protocol {self.protocol!r}; expected one of {', '.join(PROTOCOLS)}"
-            raise InputError(msg)
+        parse_protocol(self.protocol)
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             msg = f"device must be auto, cpu or cuda, got {self.device!r}"
             raise InputError(msg)
@@ -134,19 +140,24 @@ class TrainConfig:
         if self.temperature is not None and self.temperature <= 0:
             msg = f"temperature must be > 0, got {self.temperature}"
             raise InputError(msg)
-        if self.model == "xsimgcl" and not 1 <= self.cl_layer <= self.num_layers:
+        if "cl_layer" in self.spec.config_args and not 1 <= self.cl_layer <= self.num_layers:
             msg = f"cl_layer must be in [1, num_layers={self.num_layers}], got {self.cl_layer}"
             raise InputError(msg)
         self._check_negatives()
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The registry entry of :attr:`model`: its class, objective and defaults."""
+        return MODELS[self.model]
 
     def _check_negatives(self) -> None:
         if self.cl_negatives not in CL_NEGATIVES:
             msg = f"unknown cl_negatives {self.cl_negatives!r}; expected one of {', '.join(CL_NEGATIVES)}"
             raise InputError(msg)
-        if self.cl_negatives != "in_batch" and self.model not in CL_MODELS:
+        if self.cl_negatives != "in_batch" and not self.spec.contrastive:
             msg = (
-                f"cl_negatives={self.cl_negatives!r} needs a contrastive model ({', '.join(CL_MODELS)}), "
-                f"got model={self.model!r}"
+                f"cl_negatives={self.cl_negatives!r} needs a contrastive model "
+                f"({', '.join(contrastive_models())}), got model={self.model!r}"
             )
             raise InputError(msg)
         if self.metanode_key_weight not in KEY_WEIGHTS:
@@ -173,9 +184,13 @@ class TrainConfig:
                 raise InputError(msg)
 
     def resolved(self) -> TrainConfig:
-        """This config with the model's reference values filled in for unset λ, ε and τ."""
-        defaults = MODEL_DEFAULTS.get(self.model, {})
-        return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+        """This config with the model's own λ, ε and τ (the authors' values) where they are ``None``.
+
+        The result has no ``None`` among the three for a contrastive model (the registry gives all three);
+        for ``mf`` and ``lightgcn``, which have no defaults, it is the config unchanged.
+        """
+        unset: dict[str, Any] = {k: v for k, v in self.spec.defaults.items() if getattr(self, k) is None}
+        return replace(self, **unset)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict."""

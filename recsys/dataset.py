@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,9 @@ import polars as pl
 import torch
 
 from recsys.atomic import check_directory
-from recsys.errors import InputError
+from recsys.errors import InputError, first_line
+from recsys.protocol import SPLIT_NAMES
 
-SPLIT_NAMES = ("train", "valid", "test")
 _REQUIRED = ("train.parquet", "valid.parquet", "test.parquet", "users.parquet", "items.parquet", "meta.json")
 
 
@@ -47,6 +48,10 @@ class Dataset:
         tensor: torch.Tensor = getattr(self, name)
         return tensor
 
+    def pairs(self, names: Sequence[str]) -> torch.Tensor:
+        """The interactions of the splits ``names`` together, ``(2, E)`` (e.g. a protocol's training data)."""
+        return torch.cat([self.split(name) for name in names], dim=1)
+
 
 def load_dataset(path: Path) -> Dataset:
     """Load a dataset directory written by ``recsys ingest``.
@@ -65,9 +70,7 @@ def load_dataset(path: Path) -> Dataset:
         num_users = pl.scan_parquet(path / "users.parquet").select(pl.len()).collect().item()
         num_items = pl.scan_parquet(path / "items.parquet").select(pl.len()).collect().item()
     except (OSError, ValueError, pl.exceptions.PolarsError) as exc:
-        msg = (
-            f"{path}: cannot read the dataset: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-        )
+        msg = f"{path}: cannot read the dataset: {first_line(exc)}"
         raise InputError(msg) from exc
     return Dataset(num_users=num_users, num_items=num_items, path=path, meta=meta, **tensors)
 

@@ -19,8 +19,8 @@ from recsys.baselines import BASELINES
 from recsys.config import config_from_dict
 from recsys.dataset import load_dataset
 from recsys.evaluate import evaluate_split, format_report
+from recsys.jobs import train_artifact
 from recsys.report_html import write_html_report
-from recsys.train import train_artifact
 from serving.app import ServeArgs
 from serving.runner import running
 

@@ -31,17 +31,9 @@ from recsys.config import TrainConfig
 from recsys.dataset import Dataset
 from recsys.errors import InputError
 from recsys.models import EmbeddingModel, Embeddings, build_model
-from recsys.train import (
-    Replica,
-    TrainResult,
-    TrainState,
-    finish_run,
-    load_checkpoint,
-    prepare_run,
-    protocol_data,
-    save_checkpoint,
-    train_epochs,
-)
+from recsys.protocol import training_splits
+from recsys.train import Replica, TrainResult, finish_run, train_epochs
+from recsys.training_run import TrainState, load_checkpoint, prepare_run, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +181,7 @@ def fit_distributed(
         test=final["test"],
         history=final["history"],
         seconds=final["seconds"],
-        train_pairs=protocol_data(dataset, cfg.protocol)[0],
+        train_pairs=dataset.pairs(training_splits(cfg.protocol)),
     )
 
 

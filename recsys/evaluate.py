@@ -48,11 +48,13 @@ from recsys.errors import InputError
 from recsys.geometry import embedding_geometry
 from recsys.metrics import DEFAULT_KS, METRIC_NAMES, check_ks
 from recsys.ranking import (
+    ChunkedPairs,
     EmbeddingScorer,
     GroundTruth,
     ListMeasure,
     RankingResult,
     evaluate_embeddings,
+    excluded_pairs,
     full_ranking,
 )
 from recsys.segments import ITEM_SEGMENTS, USER_SEGMENTS, define_segments, threshold_label
@@ -324,7 +326,9 @@ def evaluate_split(
         )
         return ReportRow(name, result.metrics, seconds, result.segments, details or {}, result.exposure)
 
-    gt = GroundTruth(truth, dataset.num_users, dataset.num_items, cpu)  # shared by the rows ranked on CPU
+    # The evaluated users, their relevant and their masked items, prepared once for the rows ranked on CPU.
+    gt = GroundTruth(truth, dataset.num_users, dataset.num_items, cpu)
+    masked = excluded_pairs(exclude, gt.users, dataset.num_users, dataset.num_items)
     model: ReportRow | None = None
     embedding = None
     if user_emb is not None and item_emb is not None:
@@ -334,7 +338,7 @@ def evaluate_split(
             gt if device == cpu else truth,
             num_users=dataset.num_users,
             num_items=dataset.num_items,
-            exclude=exclude,
+            exclude=masked if device == cpu else exclude,
             batch_size=batch_size,
             **shared,
         )
@@ -347,15 +351,13 @@ def evaluate_split(
         if name == "popular":
             measure = ListMeasure(gt, ks, item_popularity=popularity, segments=segments)
             order = popularity_order(training, dataset.num_items)
-            for chunk in popular_lists(order, gt.users, ks[-1], num_users=dataset.num_users, exclude=exclude):
+            for chunk in popular_lists(order, gt.users, ks[-1], num_users=dataset.num_users, exclude=masked):
                 measure.update(*chunk)
             result = measure.result()
         elif name == "random":
-            result = expected_random(gt, exclude, ks, item_popularity=popularity, segments=segments)
+            result = expected_random(gt, masked, ks, item_popularity=popularity, segments=segments)
         else:
-            result, found = _graph_filter(
-                dataset, protocol, gt, exclude, training, graph_filter, seed, shared
-            )
+            result, found = _graph_filter(dataset, protocol, gt, masked, training, graph_filter, seed, shared)
             details.update(found)
         rows.append(row(name, result, time.perf_counter() - start, details))
     return EvaluationReport(
@@ -379,7 +381,7 @@ def _graph_filter(
     dataset: Dataset,
     protocol: Protocol,
     truth: GroundTruth,
-    exclude: Tensor,
+    exclude: ChunkedPairs,
     training: Tensor,
     config: GraphFilterConfig | None,
     seed: int,

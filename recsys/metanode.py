@@ -1,6 +1,6 @@
 """Full-population InfoNCE negatives for SimGCL/XSimGCL: spherical k-means, the per-run state, the probe.
 
-Design: ``shared/design/metanode-contrastive.md``. The losses themselves are the pure functions
+Design: ``docs/metanode.md``. The losses themselves are the pure functions
 :func:`recsys.losses.info_nce_full` and :func:`recsys.losses.info_nce_metanode`; this module holds what
 they need between steps: the hard cluster assignment of every user and every item (refreshed by spherical
 k-means every ``metanode_refresh_epochs`` epochs), the key weights, and the probe's running averages.
@@ -117,10 +117,10 @@ class _Clusters(NamedTuple):
 class ContrastiveNegatives:
     """Per-run state of the InfoNCE negatives, and the contrastive loss of one side given that state.
 
-    One object per training run, created by :func:`recsys.train.fit` and passed to the objectives by
-    keyword. ``in_batch`` (the default) and ``full`` hold no state; ``metanode`` holds each side's k-means
-    centroids and assignment, refreshed by :meth:`refresh` at the start of an epoch (a no-op in the other
-    modes), and saved in checkpoints through :meth:`state_dict`.
+    One object per training run, created by :func:`recsys.training_run.prepare_run` and passed to the
+    objectives by keyword. ``in_batch`` (the default) and ``full`` hold no state; ``metanode`` holds each
+    side's k-means centroids and assignment, refreshed by :meth:`refresh` at the start of an epoch (a no-op
+    in the other modes), and saved in checkpoints through :meth:`state_dict`.
 
     Args:
         mode: ``in_batch`` (SimGCL as published), ``full`` (exact full-negative InfoNCE) or ``metanode``.

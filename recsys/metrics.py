@@ -37,8 +37,6 @@ from torch import Tensor
 
 METRIC_NAMES = ("recall", "ndcg", "precision", "hit", "mrr")
 """The per-user metrics, averaged over users (see the module docstring)."""
-LIST_METRIC_NAMES = ("coverage", "popularity")
-"""The metrics of the set of recommended lists."""
 DEFAULT_KS = (10, 20, 50)
 
 

@@ -22,6 +22,7 @@ from torch import Tensor
 from recsys.config import TrainConfig
 from recsys.losses import bpr_loss, l2_reg
 from recsys.metanode import ContrastiveNegatives
+from recsys.model_registry import MODELS
 from recsys.models import EmbeddingModel, Embeddings, Rows, SimGCL
 
 
@@ -184,9 +185,6 @@ def _rows_unless_all_nodes(
     return batch_rows(batch, num_users)
 
 
-OBJECTIVES: dict[str, Objective] = {
-    "mf": bpr_objective,
-    "lightgcn": bpr_objective,
-    "simgcl": simgcl_objective,
-    "xsimgcl": xsimgcl_objective,
-}
+_BY_NAME: dict[str, Objective] = {f.__name__: f for f in (bpr_objective, simgcl_objective, xsimgcl_objective)}
+# Each model's objective, as the registry names it (recsys.model_registry.MODELS).
+OBJECTIVES: dict[str, Objective] = {name: _BY_NAME[spec.objective] for name, spec in MODELS.items()}

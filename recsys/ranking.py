@@ -183,24 +183,58 @@ class RankingResult:
 
 
 class ChunkedPairs:
-    """(user, item) pairs restricted to the evaluated users, as sorted flat keys ``pos * num_items + item``.
+    """(user, item) pairs restricted to a list of users, as sorted flat keys ``pos * num_items + item``.
 
-    ``pos`` is the user's position in the evaluated-user list, so the pairs of a chunk ``[start, end)`` of
-    that list are the contiguous slice ``keys[indptr[start]:indptr[end]]`` (a CSR in key form).
-    Duplicate pairs are dropped.
+    ``pos`` is the user's position in ``users``, so the pairs of a chunk ``[start, end)`` of that list are
+    the contiguous slice ``keys[indptr[start]:indptr[end]]`` (a CSR in key form). Duplicate pairs are
+    dropped. Building it sorts all the pairs, so an evaluation that ranks several rows for the same users
+    builds the masked pairs once and passes them to each (see :func:`excluded_pairs`).
+
+    Args:
+        pairs: ``(2, E)`` int64 ``[user_idx; item_idx]``; pairs of users not in ``users`` are ignored.
+        users: The users, ``(U,)``, distinct, on the pairs' device.
+        num_users: Number of users (bound of the indices).
+        num_items: Number of items.
     """
 
-    def __init__(self, pairs: Tensor, position: Tensor, num_rows: int, num_items: int) -> None:
-        rows = position[pairs[0]]
+    def __init__(self, pairs: Tensor, users: Tensor, num_users: int, num_items: int) -> None:
+        rows = user_positions(users, num_users)[pairs[0]]
         keep = rows >= 0
         self.keys = torch.unique(rows[keep] * num_items + pairs[1][keep])  # sorted
-        bounds = torch.arange(num_rows + 1, device=pairs.device) * num_items
+        bounds = torch.arange(users.numel() + 1, device=pairs.device) * num_items
         self.indptr = torch.searchsorted(self.keys, bounds)
+        self.users = users
         self.num_items = num_items
+        self._ptr = self.indptr.tolist()  # host copy: slicing with ints needs no device sync per chunk
 
-    def chunk(self, start: int, end: int, indptr: list[int]) -> Tensor:
+    def chunk(self, start: int, end: int) -> Tensor:
         """Keys of rows ``start..end-1`` relative to row ``start``, shape ``(E_chunk,)``."""
-        return self.keys[indptr[start] : indptr[end]] - start * self.num_items
+        return self.keys[self._ptr[start] : self._ptr[end]] - start * self.num_items
+
+
+def excluded_pairs(
+    exclude: Tensor | ChunkedPairs | None, users: Tensor, num_users: int, num_items: int
+) -> ChunkedPairs:
+    """``exclude`` as :class:`ChunkedPairs` of ``users``: checked and built here, or prepared by the caller.
+
+    Raises:
+        ValueError: malformed pairs, or pairs prepared for other users or another catalogue.
+    """
+    if isinstance(exclude, ChunkedPairs):
+        same = (
+            exclude.num_items == num_items
+            and exclude.users.device == users.device
+            and (exclude.users is users or torch.equal(exclude.users, users))
+        )
+        if not same:
+            msg = "'exclude' was prepared for other users or another number of items"
+            raise ValueError(msg)
+        return exclude
+    if exclude is None:
+        exclude = torch.empty(2, 0, dtype=torch.int64, device=users.device)
+    exclude = exclude.to(users.device)
+    check_pairs("exclude", exclude, num_users, num_items)
+    return ChunkedPairs(exclude, users, num_users, num_items)
 
 
 def check_pairs(name: str, pairs: Tensor, num_users: int, num_items: int) -> None:
@@ -275,21 +309,29 @@ def topk_rows(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """
     num_rows, n = scores.shape
     num_blocks = n // TOPK_BLOCK
-    if scores.device.type != "cpu" or num_blocks < 4 * k or not scores.is_contiguous():
+    if scores.device.type != "cpu" or num_blocks < 4 * k or not scores.is_contiguous() or num_rows == 0:
         values, indices = torch.topk(scores, k, dim=1, sorted=True)
         return values, indices
     width = num_blocks * TOPK_BLOCK
     blocks = scores[:, :width].view(num_rows, num_blocks, TOPK_BLOCK)
     best = torch.topk(blocks.amax(dim=2), k, dim=1, sorted=False).indices  # (B, k)
-    offsets = torch.arange(TOPK_BLOCK, device=scores.device)
-    candidates = blocks.gather(1, best.unsqueeze(2).expand(-1, -1, TOPK_BLOCK)).view(num_rows, -1)
-    columns = (best.unsqueeze(2) * TOPK_BLOCK + offsets).view(num_rows, -1)
+    # The chosen blocks, copied whole: every TOPK_BLOCK-wide window of the buffer is a row of an overlapping
+    # view (no copy), so index_select moves each block with one memcpy where gather computes an offset per
+    # element. The same values in the same order as gathering them, so the same top-k, ties included.
+    flat = scores.view(-1)
+    windows = flat.as_strided((flat.numel() - TOPK_BLOCK + 1, TOPK_BLOCK), (1, 1))
+    starts = best * TOPK_BLOCK + torch.arange(0, num_rows * n, n, device=scores.device).unsqueeze(1)
+    candidates = windows.index_select(0, starts.view(-1)).view(num_rows, k * TOPK_BLOCK)
     if width < n:  # the tail block is always a candidate
         candidates = torch.cat([candidates, scores[:, width:]], dim=1)
-        tail = torch.arange(width, n, device=scores.device).expand(num_rows, -1)
-        columns = torch.cat([columns, tail], dim=1)
     values, position = torch.topk(candidates, k, dim=1, sorted=True)
-    return values, columns.gather(1, position)
+    # Columns of the k winners only: inside a chosen block, or in the tail after the k blocks.
+    in_block = position < k * TOPK_BLOCK
+    block = best.gather(1, torch.where(in_block, position // TOPK_BLOCK, 0))
+    columns = torch.where(
+        in_block, block * TOPK_BLOCK + position % TOPK_BLOCK, position + (width - k * TOPK_BLOCK)
+    )
+    return values, columns
 
 
 def user_positions(users: Tensor, num_users: int) -> Tensor:
@@ -306,7 +348,7 @@ def topk_chunks(
     *,
     num_users: int,
     num_items: int,
-    exclude: Tensor | None = None,
+    exclude: Tensor | ChunkedPairs | None = None,
     batch_size: int | None = None,
     timings: dict[str, float] | None = None,
     buffer: Tensor | None = None,
@@ -324,7 +366,7 @@ def topk_chunks(
         num_users: Number of users (bound of the indices).
         num_items: Number of items.
         exclude: Pairs never to recommend, shape ``(2, E)``, ``[user_idx; item_idx]``; pairs of users not
-            in ``users`` are ignored.
+            in ``users`` are ignored. Or the same already prepared for ``users`` (:func:`excluded_pairs`).
         batch_size: Users per chunk; default: :func:`auto_batch_size`.
         timings: If given, seconds are added under ``score``, ``mask`` and ``topk`` (see
             :func:`full_ranking`).
@@ -355,12 +397,7 @@ def topk_chunks(
     if users.numel() and (int(users.min()) < 0 or int(users.max()) >= num_users):
         msg = f"'users' has indices outside 0..{num_users - 1}"
         raise ValueError(msg)
-    if exclude is None:
-        exclude = torch.empty(2, 0, dtype=torch.int64, device=device)
-    exclude = exclude.to(device)
-    check_pairs("exclude", exclude, num_users, num_items)
-    masked = ChunkedPairs(exclude, user_positions(users, num_users), users.numel(), num_items)
-    masked_ptr = masked.indptr.tolist()  # host copy: slicing with ints needs no device sync per chunk
+    masked = excluded_pairs(exclude, users, num_users, num_items)
 
     num_rows = users.numel()
     top = min(k, num_items)
@@ -377,7 +414,7 @@ def topk_chunks(
         scores = buffer[: end - start]
         scorer(users[start:end], scores)
         clock.lap("score")
-        scores.view(-1).index_fill_(0, masked.chunk(start, end, masked_ptr), -math.inf)
+        scores.view(-1).index_fill_(0, masked.chunk(start, end), -math.inf)
         clock.lap("mask")
         values, index = topk_rows(scores, top)
         index.masked_fill_(values == -math.inf, -1)  # masked items that filled a short list
@@ -406,16 +443,15 @@ class GroundTruth:
         check_pairs("ground_truth", pairs, num_users, num_items)
         self.num_users, self.num_items = num_users, num_items
         self.users = torch.unique(pairs[0])  # sorted: the evaluated users
-        self.keys = ChunkedPairs(pairs, user_positions(self.users, num_users), self.users.numel(), num_items)
+        self.keys = ChunkedPairs(pairs, self.users, num_users, num_items)
         self.num_relevant = self.keys.indptr.diff()
-        self._ptr = self.keys.indptr.tolist()
 
     def __len__(self) -> int:
         return int(self.users.numel())
 
     def chunk(self, start: int, end: int) -> Tensor:
         """Sorted keys ``row * num_items + item`` of users ``start..end-1`` (rows relative to ``start``)."""
-        return self.keys.chunk(start, end, self._ptr)
+        return self.keys.chunk(start, end)
 
 
 class ListMeasure:
@@ -490,7 +526,7 @@ def full_ranking(
     *,
     num_users: int,
     num_items: int,
-    exclude: Tensor | None = None,
+    exclude: Tensor | ChunkedPairs | None = None,
     ks: Sequence[int] = DEFAULT_KS,
     item_popularity: Tensor | None = None,
     segments: Segments | None = None,
@@ -511,7 +547,8 @@ def full_ranking(
             several scorers are ranked for the same users.
         num_users: Number of users; users without ground truth are skipped and counted.
         num_items: Number of items (columns of the score matrix).
-        exclude: Pairs never to recommend (e.g. train), shape ``(2, E')``.
+        exclude: Pairs never to recommend (e.g. train), shape ``(2, E')``, or the same prepared for the
+            ground truth's users (:func:`excluded_pairs`).
         ks: Cut-offs of the metrics.
         item_popularity: Popularity per item, shape ``(num_items,)``, for ``popularity@K``.
         segments: If given, also the metrics by user and item segment and the bias measures.

@@ -236,9 +236,21 @@ def _method(report: EvaluationReport, config: Mapping[str, Any]) -> str:
                 f"{trained.get('protocol', '?')} protocol)",
             )
         )
+        items.append(("parent", _lineage(config.get("parent"))))
     items.append(("dataset", str(report.dataset)))
     items.append(("evaluated", report.created))
     return "".join(f"<dt>{_e(term)}</dt><dd>{_e(text)}</dd>" for term, text in items)
+
+
+def _lineage(parent: Any) -> str:
+    """Where a warm-started artifact came from (``config.json`` ``parent``), or that it started cold."""
+    if not isinstance(parent, Mapping):
+        return "none: trained from a random initialisation"
+    digest = str(parent.get("dataset_sha256") or "?")[:12]
+    return (
+        f"warm-started from {parent.get('artifact_id', '?')} ({parent.get('path', '?')}, trained "
+        f"{parent.get('trained_at', '?')} on a dataset with meta.json sha256 {digest})"
+    )
 
 
 def _protocol_text(report: EvaluationReport) -> str:

@@ -1,4 +1,9 @@
-"""Process-wide settings that make CPU training and evaluation faster; applied once by entry points."""
+"""What entry points decide for the whole process: the device, and settings that make CPU work faster.
+
+Library code follows its input tensors' device; only entry points (the CLI, serving, benchmarks) pick one,
+through :func:`resolve_device`. Nothing here imports torch at module level: the CLI calls
+:func:`configure_cpu_runtime` before numpy or torch are loaded.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,12 @@ import ctypes
 import ctypes.util
 import logging
 import os
+from typing import TYPE_CHECKING
+
+from recsys.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -37,3 +48,19 @@ def configure_cpu_runtime() -> None:
     mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
     mallopt(_M_TRIM_THRESHOLD, 2**30)
     mallopt(_M_TOP_PAD, 64 * 2**20)
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device ``--device`` names: ``auto`` is CUDA when available, else CPU.
+
+    Raises:
+        InputError: a CUDA device was asked for on a machine without one.
+    """
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        msg = f"--device {name} was asked for but CUDA is not available on this machine"
+        raise InputError(msg)
+    return torch.device(name)

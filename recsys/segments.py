@@ -195,10 +195,12 @@ class SegmentAccumulator:
         n_k = len(self.ks)
         self.recall_sums = torch.zeros(len(ITEM_SEGMENTS), n_k, dtype=f64, device=device)
         self.users = torch.zeros(len(ITEM_SEGMENTS), dtype=f64, device=device)
-        self.exposure = torch.zeros(n_k, self.num_items + 1, dtype=f64, device=device)
         self._k_index = torch.tensor(self.ks, device=device) - 1
+        # Slots per item and cut-off band (band j: positions ks[j-1] .. ks[j] - 1), counted with one bincount
+        # of the (B, max_k) lists per chunk; the exposure at K sums the bands up to K (:attr:`exposure`).
         positions = torch.arange(self.max_k, device=device)
-        self._in_k = (positions.unsqueeze(0) <= self._k_index.unsqueeze(1)).to(f64)  # (ks, max_k)
+        self._band_offset = torch.searchsorted(self._k_index, positions) * (self.num_items + 1)
+        self._band_slots = torch.zeros(n_k * (self.num_items + 1), dtype=torch.int64, device=device)
 
     def update(self, topk_index: Tensor, rel: Tensor, relevant: Tensor) -> None:
         """Add one chunk of users.
@@ -220,8 +222,14 @@ class SegmentAccumulator:
             hits = (rel & (slot_segment == s))[has].cumsum(1, dtype=torch.float64)[:, self._k_index]
             self.recall_sums[s] += (hits / per_segment[has, s].unsqueeze(1)).sum(0)
             self.users[s] += has.sum()
-        flat = safe.reshape(1, -1).expand(len(self.ks), -1)
-        self.exposure.scatter_add_(1, flat, self._in_k.repeat(1, num_rows))
+        self._band_slots += torch.bincount(
+            (safe + self._band_offset).view(-1), minlength=self._band_slots.numel()
+        )
+
+    @property
+    def exposure(self) -> Tensor:
+        """``(ks, num_items + 1)`` float64: lists each item appears in within the top K (last: padding)."""
+        return self._band_slots.view(len(self.ks), -1).cumsum(0).to(torch.float64)
 
     def compute(self, user_groups: list[dict[str, float]]) -> dict[str, Any]:
         """The report's segment entry (see :func:`summarise`), with the user-segment rows given."""

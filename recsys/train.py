@@ -1,50 +1,55 @@
-"""The one training loop: sample, objective, Adam step, validate, early-stop, checkpoint.
+"""The one training loop: sample, objective, Adam step, validate, early-stop.
 
 Readable top to bottom (nanoGPT style). The model-specific part is the objective from
 :data:`recsys.objectives.OBJECTIVES`; everything else is shared by all four models. The same epoch loop
 (:func:`train_epochs`) runs in this process (:func:`fit`) or as one of several data-parallel replicas on
-Ray Train (:mod:`recsys.distributed`); the two differ only in the :class:`Replica` hooks.
+Ray Train (:mod:`recsys.distributed`); the two differ only in the :class:`Replica` hooks. What a run is
+built from, and its checkpoints, are :mod:`recsys.training_run`; loading a dataset directory and writing
+the artifact around a run is :mod:`recsys.jobs`.
 
-Protocols: under ``honest`` the model trains on train, is selected on valid (``cfg.metric``), and test is
-evaluated once with the selected weights. Under ``paper`` (the authors' SELFRec protocol) it trains on
-train ∪ valid and the best *test* epoch is reported: optimistic, only for comparing with published numbers.
+Which splits the model trains on, is selected on and is tested on is the protocol's (:mod:`recsys.protocol`):
+under ``honest`` test is evaluated once with the selected weights; under ``paper`` the selection split is
+test itself, and the best test epoch is reported.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from recsys.config import TrainConfig
 from recsys.dataset import Dataset
 from recsys.errors import InputError
-from recsys.evaluate import evaluate_embeddings
-from recsys.graph import NodeOrder, build_graph
-from recsys.metanode import ContrastiveNegatives
-from recsys.metrics import DEFAULT_KS
-from recsys.models import EmbeddingModel, Embeddings, build_model
-from recsys.objectives import OBJECTIVES, Batch, Objective
+from recsys.models import EmbeddingModel, Embeddings
+from recsys.objectives import Batch
+from recsys.progress import Progress
+from recsys.protocol import TEST_SPLIT, excluded_splits
+from recsys.ranking import evaluate_embeddings
+from recsys.runtime import resolve_device
 from recsys.sampling import NegativeSampler
+from recsys.training_run import (
+    CHECKPOINT_FILE,
+    TrainRun,
+    TrainState,
+    load_checkpoint,
+    prepare_run,
+    save_checkpoint,
+)
 
 if TYPE_CHECKING:
-    from recsys.distributed import ScaleConfig
+    from recsys.warmstart import WarmStart
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FILE = "checkpoint.pt"
-LOG_FILE = "log.jsonl"
 LOSS_TERMS = ("loss", "bpr", "cl", "reg")
 
 
@@ -75,16 +80,6 @@ class TrainResult:
     train_pairs: Tensor | None = None
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        msg = f"--device {name} was asked for but CUDA is not available on this machine"
-        raise InputError(msg)
-    return torch.device(name)
-
-
 def epoch_batches(
     pairs: Tensor, sampler: NegativeSampler, batch_size: int, generator: torch.Generator
 ) -> list[Batch]:
@@ -106,6 +101,7 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     callback: Callable[[dict[str, Any]], None] | None = None,
+    init: WarmStart | None = None,
 ) -> TrainResult:
     """Train ``cfg.model`` on ``dataset`` and return the selected model.
 
@@ -114,8 +110,11 @@ def fit(
         cfg: The configuration (model defaults are filled in here).
         checkpoint_dir: Where ``checkpoint.pt`` and ``log.jsonl`` are written after every epoch.
         resume: Continue from ``checkpoint_dir/checkpoint.pt``; ends exactly as an uninterrupted run.
-        progress: Show a progress bar per epoch.
+        progress: Report progress within each epoch (:mod:`recsys.progress`: a bar on a terminal, else a
+            line every 30 s).
         callback: Called with each epoch's record (the one extension point).
+        init: Start from a trained artifact's layer 0 (:mod:`recsys.warmstart`) instead of the random
+            init; only on a fresh start (a resumed run continues its checkpoint's weights).
 
     Returns:
         The selected model, its embeddings and metrics.
@@ -125,7 +124,7 @@ def fit(
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    run = prepare_run(dataset, cfg, device)
+    run = prepare_run(dataset, cfg, device, init=None if resume else init)
     state = TrainState()
     if resume:
         if checkpoint_dir is None or not (checkpoint_dir / CHECKPOINT_FILE).is_file():
@@ -190,96 +189,6 @@ class Replica:
         return value
 
 
-@dataclass
-class TrainRun:
-    """What one training run builds before its first epoch; pairs and weights are in the training labels.
-
-    Args:
-        dataset: The dataset, in its own labels.
-        cfg: The resolved configuration.
-        device: Where the model and the training pairs live.
-        order: The locality relabelling of users and items (see :class:`NodeOrder`).
-        train_pairs: The interactions trained on, in the dataset's labels, ``(2, E)``, on CPU.
-        pairs: The same in the training labels, on ``device``.
-        adj: Normalised adjacency (``None`` for MF).
-        model: The model.
-        optimizer: Adam over the model's parameters.
-        objective: The model family's loss.
-        sampler: Negative sampler over ``pairs``.
-        sample_rng: Shuffles and draws negatives; the same stream on every replica.
-        noise_rng: Perturbation noise of SimGCL/XSimGCL; one stream per replica.
-        negatives: State of the contrastive negatives.
-        eval_split: The selection split (``valid``, or ``test`` under ``paper``).
-        truth: The selection split's pairs, training labels, on ``device``.
-        exclude: Pairs masked when evaluating it, training labels, on ``device``.
-        ks: Cut-offs of the metrics.
-    """
-
-    dataset: Dataset
-    cfg: TrainConfig
-    device: torch.device
-    order: NodeOrder
-    train_pairs: Tensor
-    pairs: Tensor
-    adj: Tensor | None
-    model: EmbeddingModel
-    optimizer: torch.optim.Optimizer
-    objective: Objective
-    sampler: NegativeSampler
-    sample_rng: torch.Generator
-    noise_rng: torch.Generator
-    negatives: ContrastiveNegatives
-    eval_split: str
-    truth: Tensor
-    exclude: Tensor
-    ks: tuple[int, ...]
-
-
-NOISE_SEED_STRIDE = 2**32  # replica r's noise seed is seed + 2 + r * stride: no other run's stream reuses it
-
-
-def prepare_run(dataset: Dataset, cfg: TrainConfig, device: torch.device, *, rank: int = 0) -> TrainRun:
-    """Build the graph, model, optimiser, sampler and generators of a run of resolved ``cfg``.
-
-    Every replica builds the same run (same initial weights, same sampling stream, so the shards of each
-    epoch partition one global permutation), except for the noise stream, which is seeded per ``rank``;
-    rank 0's is the single-process one.
-    """
-    pairs, eval_split, exclude = protocol_data(dataset, cfg.protocol)
-    if pairs.size(1) == 0:
-        msg = f"{dataset.path}: no training interactions"
-        raise InputError(msg)
-    # Train in a cache-friendly labelling of users and items; results are mapped back at the end.
-    order = NodeOrder.locality(pairs, dataset.num_users, dataset.num_items)
-    original_pairs, pairs, exclude = pairs, order.pairs(pairs), order.pairs(exclude)
-    graph = build_graph(pairs, dataset.num_users, dataset.num_items).to(device)
-    model = build_model(cfg, dataset.num_users, dataset.num_items)
-    model.reset_parameters(torch.Generator().manual_seed(cfg.seed))
-    model.to(device)
-    pairs = pairs.to(device)
-    ks = tuple(sorted({*DEFAULT_KS, int(cfg.metric.split("@")[1])})) if "@" in cfg.metric else DEFAULT_KS
-    return TrainRun(
-        dataset=dataset,
-        cfg=cfg,
-        device=device,
-        order=order,
-        train_pairs=original_pairs.cpu(),
-        pairs=pairs,
-        adj=None if cfg.model == "mf" else graph.adj,
-        model=model,
-        optimizer=torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True),  # one kernel per step
-        objective=OBJECTIVES[cfg.model],
-        sampler=NegativeSampler(pairs, dataset.num_items).to(device),
-        sample_rng=torch.Generator(device=device).manual_seed(cfg.seed + 1),
-        noise_rng=torch.Generator(device=device).manual_seed(cfg.seed + 2 + rank * NOISE_SEED_STRIDE),
-        negatives=ContrastiveNegatives.from_config(cfg, pairs, dataset.num_users, dataset.num_items),
-        eval_split=eval_split,
-        truth=order.pairs(dataset.split(eval_split)).to(device),
-        exclude=exclude.to(device),
-        ks=ks,
-    )
-
-
 def train_epoch(
     run: TrainRun, batches: list[Batch], replica: Replica, *, desc: str, progress: bool
 ) -> Tensor:
@@ -290,7 +199,7 @@ def train_epoch(
     """
     sums = torch.zeros(len(LOSS_TERMS), device=run.device)
     rows = 0
-    bar = tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False)
+    bar = Progress(batches, desc=desc, unit="batch", enabled=progress)
     for step, batch in enumerate(bar, start=1):
         shard = replica.shard(batch)
         size = shard.users.numel()
@@ -413,11 +322,12 @@ def finish_run(run: TrainRun, state: TrainState, *, start: float) -> TrainResult
     cfg, model, adj, order = run.cfg, run.model, run.adj, run.order
     model.load_state_dict(state.best_state)
     selection = next(r[run.eval_split] for r in state.history if r["epoch"] == state.best_epoch)
-    if cfg.protocol == "honest":
-        test_pairs, test_exclude = order.pairs(run.dataset.test), order.pairs(exclude_for_test(run.dataset))
-        test = _evaluate(model, adj, test_pairs.to(run.device), test_exclude.to(run.device), run.ks)
-    else:
+    if run.eval_split == TEST_SPLIT:  # the paper protocol selects on test: its best epoch is the report
         test = selection
+    else:
+        test_exclude = run.dataset.pairs(excluded_splits(TEST_SPLIT, cfg.protocol))
+        test_pairs, test_exclude = order.pairs(run.dataset.split(TEST_SPLIT)), order.pairs(test_exclude)
+        test = _evaluate(model, adj, test_pairs.to(run.device), test_exclude.to(run.device), run.ks)
     embeddings = Embeddings(*order.restore(*model.get_embedding(adj)))
     with torch.no_grad():  # weights back in the dataset's labels, for the artifact
         model.embedding.copy_(torch.cat(order.restore(model.user_emb, model.item_emb)))
@@ -433,19 +343,6 @@ def finish_run(run: TrainRun, state: TrainState, *, start: float) -> TrainResult
         seconds=round(time.perf_counter() - start, 3),
         train_pairs=run.train_pairs,
     )
-
-
-def exclude_for_test(dataset: Dataset) -> Tensor:
-    """Pairs masked when evaluating test: train and valid (under both protocols)."""
-    return torch.cat([dataset.train, dataset.valid], dim=1)
-
-
-def protocol_data(dataset: Dataset, protocol: str) -> tuple[Tensor, str, Tensor]:
-    """Training pairs, the split used for selection, and the pairs masked when evaluating it (dataset ids)."""
-    if protocol == "paper":
-        pairs = torch.cat([dataset.train, dataset.valid], dim=1)
-        return pairs, "test", pairs
-    return dataset.train, "valid", dataset.train
 
 
 @torch.no_grad()
@@ -467,154 +364,3 @@ def _describe(record: dict[str, Any], split: str, metric: str) -> str:
         if ndcg in record[split] and ndcg != metric:
             text += f" {ndcg} {record[split][ndcg]:.4f}"
     return text + f"  {record['seconds']:.1f} s"
-
-
-@dataclass
-class TrainState:
-    """What the loop carries from epoch to epoch (and what a checkpoint restores)."""
-
-    epoch: int = 0
-    step: int = 0
-    best_epoch: int = 0
-    best_step: int = 0
-    best_value: float = float("-inf")
-    stopped: bool = False
-    best_state: dict[str, Tensor] = field(default_factory=dict)
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def save_checkpoint(
-    directory: Path, run: TrainRun, state: TrainState, *, noise_rngs: list[Tensor] | None = None
-) -> None:
-    """Everything needed to continue bit-for-bit, as tensors and plain values (``weights_only`` loadable).
-
-    Args:
-        directory: Where ``checkpoint.pt`` and ``log.jsonl`` go.
-        run: The run.
-        state: The loop's state.
-        noise_rngs: Every replica's noise generator state, by rank, when there are several.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "config": run.cfg.to_dict(),
-        "epoch": state.epoch,
-        "best_epoch": state.best_epoch,
-        "best_value": state.best_value,
-        "step": state.step,
-        "best_step": state.best_step,
-        "stopped": state.stopped,
-        "best_state": state.best_state,
-        "history": state.history,
-        "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "sample_rng": run.sample_rng.get_state(),
-        "noise_rng": run.noise_rng.get_state(),
-        "negatives": run.negatives.state_dict(),
-    }
-    if noise_rngs is not None:
-        payload["noise_rngs"] = noise_rngs
-    tmp = directory / f".{CHECKPOINT_FILE}.tmp"
-    torch.save(payload, tmp)
-    tmp.replace(directory / CHECKPOINT_FILE)  # atomic: a kill mid-write keeps the previous checkpoint
-    (directory / LOG_FILE).write_text("".join(json.dumps(r) + "\n" for r in state.history))
-
-
-def load_checkpoint(directory: Path, run: TrainRun, *, rank: int = 0) -> TrainState:
-    """Restore ``run`` (replica ``rank``'s noise stream too) from ``directory/checkpoint.pt``.
-
-    Raises:
-        InputError: the checkpoint is unreadable or was made with a different config.
-    """
-    path = directory / CHECKPOINT_FILE
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        msg = f"--resume: cannot read {path}: {exc}"
-        raise InputError(msg) from exc
-    # A key the checkpoint lacks is a field added since it was written: it ran with that field's default.
-    saved = {**{f.name: f.default for f in fields(TrainConfig)}, **payload["config"]}
-    # The epoch cap may change: a run can be extended, or ended where it is (a cap at the epoch reached).
-    current = {**run.cfg.to_dict(), "epochs": saved["epochs"]}
-    if saved != current:
-        changed = sorted(k for k, v in current.items() if saved.get(k) != v)
-        msg = f"--resume: the checkpoint at {path} was made with a different config ({', '.join(changed)})"
-        raise InputError(msg)
-    run.model.load_state_dict(payload["model"])
-    run.optimizer.load_state_dict(payload["optimizer"])
-    run.sample_rng.set_state(payload["sample_rng"])
-    run.noise_rng.set_state(payload["noise_rngs"][rank] if "noise_rngs" in payload else payload["noise_rng"])
-    run.negatives.load_state_dict(payload.get("negatives", {}))  # k-means clusters and their generator
-    return TrainState(
-        epoch=payload["epoch"],
-        best_epoch=payload["best_epoch"],
-        best_value=payload["best_value"],
-        step=payload["step"],
-        best_step=payload["best_step"],
-        stopped=payload["stopped"],
-        best_state=payload["best_state"],
-        history=payload["history"],
-    )
-
-
-def train_artifact(
-    dataset_dir: Path,
-    cfg: TrainConfig,
-    out: Path,
-    *,
-    resume: bool = False,
-    force: bool = False,
-    progress: bool = True,
-    scale: ScaleConfig | None = None,
-) -> TrainResult:
-    """Load a dataset, train, and write the artifact to ``out`` (what ``recsys train`` runs).
-
-    In this process, checkpoints go to ``<out>.ckpt/`` after every epoch and are removed once the artifact
-    is written; ``resume`` continues from there after a crash or a kill. With ``scale.workers`` > 1 the run
-    goes to Ray Train workers (:func:`recsys.distributed.fit_distributed`), whose checkpoints live in Ray
-    Train's storage instead.
-    """
-    from recsys.artifact import write_artifact
-    from recsys.atomic import check_writable
-    from recsys.dataset import load_dataset
-
-    distributed = scale is not None and scale.workers > 1
-    if distributed and resume:
-        msg = "--resume continues a single-process run; Ray Train workers restart with --max-failures"
-        raise InputError(msg)
-    check_writable(out, force=force)
-    dataset = load_dataset(dataset_dir)
-    checkpoint_dir = Path(f"{out}.ckpt")
-    if distributed:
-        from recsys.distributed import fit_distributed
-
-        assert scale is not None
-        result = fit_distributed(dataset, cfg, scale, progress=progress)
-    else:
-        result = fit(dataset, cfg, checkpoint_dir=checkpoint_dir, resume=resume, progress=progress)
-    selection_split = "test" if result.config.protocol == "paper" else "valid"
-    metrics = {
-        "protocol": result.config.protocol,
-        "metric": result.config.metric,
-        "best_epoch": result.best_epoch,
-        "epochs_run": len(result.history),
-        "selection_split": selection_split,
-        selection_split: result.selection,
-        "test": result.test,
-        "train_seconds": result.seconds,
-    }
-    assert result.train_pairs is not None
-    write_artifact(
-        out,
-        dataset=dataset,
-        config=result.config.to_dict(),
-        state_dict=result.model.state_dict(),
-        user_emb=result.embeddings.user,
-        item_emb=result.embeddings.item,
-        train_pairs=result.train_pairs,
-        metrics=metrics,
-        history=result.history,
-        force=force,
-    )
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    logger.info("wrote %s (best epoch %d)", out, result.best_epoch)
-    return result

@@ -27,11 +27,13 @@ from serving.registry import REGISTRY_NAME, ArtifactRegistry, Target
 from serving.schemas import (
     BatchRequest,
     BatchResponse,
+    Fallback,
     Health,
     ItemScore,
     ModelInfo,
     NewUserRequest,
     NewUserResponse,
+    ParentArtifact,
     ReloadRequest,
     SimilarResponse,
     UserRecommendation,
@@ -193,7 +195,7 @@ class RecommenderService:
         if not 1 <= k <= self.args.max_k:
             raise HTTPException(status_code=422, detail=f"k must be between 1 and {self.args.max_k}, got {k}")
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    @serve.batch  # sized in __init__ from ServeArgs, with the setters Serve documents for that
     async def _batched_recommend(self, queries: list[tuple[str, int, bool]]) -> list[Recommendation | None]:
         """Single-user queries batched: one matrix product per ``exclude_seen`` value; None = unknown."""
         recommender = self.recommender  # one model for the whole batch, even if a reload swaps it meanwhile
@@ -219,9 +221,7 @@ class RecommenderService:
         user_id: str,
         k: int = Query(20, description="list length"),
         exclude_seen: bool = Query(True, description="drop the user's training items"),
-        fallback: str | None = Query(
-            None, pattern="^popular$", description="'popular': answer unknown users"
-        ),
+        fallback: Annotated[Fallback | None, Query(description="'popular': answer unknown users")] = None,
     ) -> UserRecommendation:
         """Top-k items for one known user (404 for an unknown one, unless ``fallback=popular``)."""
         self._check_k(k)
@@ -254,10 +254,6 @@ class RecommenderService:
                 status_code=413,
                 detail=f"{len(body.user_ids)} users in one request; at most {self.args.max_batch_users} "
                 "allowed",
-            )
-        if body.fallback not in (None, "popular"):
-            raise HTTPException(
-                status_code=422, detail=f"fallback must be 'popular' or absent, got {body.fallback!r}"
             )
         recommender = self.recommender
         indices = recommender.user_indices(body.user_ids)
@@ -310,8 +306,9 @@ class RecommenderService:
 
     @api.get("/model", response_model=ModelInfo)
     async def model(self) -> ModelInfo:
-        """The artifact being served: id, model name, training time, counts and metrics."""
+        """The artifact being served: id, model name, training time, counts, metrics and parent artifact."""
         art = self.recommender.artifact
+        parent = art.config.get("parent")
         return ModelInfo(
             artifact_id=art.artifact_id,
             model=art.model_name,
@@ -320,6 +317,7 @@ class RecommenderService:
             num_items=self.recommender.num_items,
             metrics=art.metrics,
             model_version=self.recommender.model_version,
+            parent=ParentArtifact.model_validate(parent) if isinstance(parent, dict) else None,
         )
 
     @api.post(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 RawId = str | int
+Fallback = Literal["popular"]
+"""What answers an unknown user: ``popular`` (the most interacted-with items); without one, a 404."""
 
 
 class ItemScore(BaseModel):
@@ -22,7 +24,7 @@ class UserRecommendation(BaseModel):
     user_id: RawId
     items: list[ItemScore]
     model_version: str
-    fallback: str | None = None
+    fallback: Fallback | None = None
 
 
 class BatchRequest(BaseModel):
@@ -31,7 +33,7 @@ class BatchRequest(BaseModel):
     user_ids: list[RawId] = Field(min_length=1, description="raw user ids")
     k: int = Field(20, description="list length per user")
     exclude_seen: bool = Field(True, description="drop each user's training items")
-    fallback: str | None = Field(None, description="'popular' answers unknown users with popular items")
+    fallback: Fallback | None = Field(None, description="'popular' answers unknown users with popular items")
 
 
 class BatchResponse(BaseModel):
@@ -66,8 +68,17 @@ class SimilarResponse(BaseModel):
     model_version: str
 
 
+class ParentArtifact(BaseModel):
+    """The artifact a warm-started model was trained from (``recsys train --init-from``): its lineage."""
+
+    artifact_id: str
+    path: str | None = None
+    trained_at: str | None = None
+    dataset_sha256: str | None = Field(None, description="SHA-256 of the meta.json of its dataset")
+
+
 class ModelInfo(BaseModel):
-    """What is being served."""
+    """What is being served; ``parent`` is set for a warm-started model (``None``: trained from scratch)."""
 
     artifact_id: str
     model: str
@@ -76,6 +87,7 @@ class ModelInfo(BaseModel):
     num_items: int
     metrics: dict[str, Any]
     model_version: str
+    parent: ParentArtifact | None = None
 
 
 class ReloadRequest(BaseModel):

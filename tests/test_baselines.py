@@ -24,7 +24,7 @@ from recsys.baselines import (
 from recsys.dataset import load_dataset
 from recsys.evaluate import evaluate_split
 from recsys.metrics import ranking_metrics
-from recsys.ranking import GroundTruth, ListMeasure, full_ranking, topk_items
+from recsys.ranking import GroundTruth, ListMeasure, excluded_pairs, full_ranking, topk_items
 from recsys.segments import define_segments
 
 REPO_SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "interactions.csv"
@@ -94,6 +94,24 @@ def test_expected_random_is_exact() -> None:
     assert result.metrics["recall@2"] == pytest.approx((0.5 + (2 / 3) / 2) / 2)
     assert result.metrics["precision@2"] == pytest.approx((2 * 2 / 4 + 2 * 1 / 3) / 2 / 2)
     assert ranking_metrics(torch.tensor([[0, 1]]), torch.tensor([[0], [1]]), [2])["recall@2"] == 1.0
+
+
+def test_popular_and_random_take_the_masked_pairs_prepared_once() -> None:
+    g = torch.Generator().manual_seed(5)
+    state = torch.randint(0, 8, (30, 50), generator=g)
+    train, test = _pairs(state <= 2), _pairs(state == 3)
+    gt = GroundTruth(test, 30, 50, "cpu")
+    masked = excluded_pairs(train, gt.users, 30, 50)
+    segments = define_segments(train, 30, 50)
+    ks = (5, 10)
+    prepared = expected_random(gt, masked, ks, segments=segments)
+    assert prepared.metrics == expected_random(gt, train, ks, segments=segments).metrics
+    order = popularity_order(train, 50)
+    lists = [
+        torch.cat([i for _, _, i in popular_lists(order, gt.users, 10, num_users=30, exclude=exclude)])
+        for exclude in (train, masked)
+    ]
+    assert torch.equal(lists[0], lists[1])
 
 
 def test_expected_random_agrees_with_full_ranking_of_random_scores() -> None:

@@ -56,3 +56,15 @@ def test_demo_runs_the_whole_job_and_beats_popularity(tmp_path, capsys):
     answer, _ = json.JSONDecoder().raw_decode(out.split("?k=5:\n")[1])
     assert len(answer["items"]) == 5 and answer["model_version"]
     assert (tmp_path / "xsimgcl" / "embeddings.pt").is_file()
+
+
+def test_train_flags_are_generated_from_the_config_fields_and_their_help():
+    from dataclasses import fields
+
+    from recsys.config import TrainConfig
+
+    actions = {a.dest: a for a in subparsers()["train"]._actions}
+    for field in fields(TrainConfig):
+        assert field.metadata["help"] in actions[field.name].help.replace("%%", "%"), field.name
+    assert "(default: simgcl 0.5, xsimgcl 0.2)" in actions["cl_weight"].help
+    assert actions["metanode_detach"].type("off") is False and actions["threads"].type("3") == 3

@@ -20,9 +20,10 @@ from recsys.dataset import Dataset, load_dataset
 from recsys.distributed import ScaleConfig, fit_distributed
 from recsys.errors import InputError
 from recsys.evaluate import evaluate_split
+from recsys.jobs import train_artifact
 from recsys.local_ray import init_ray
 from recsys.objectives import Batch
-from recsys.train import Replica, fit, train_artifact
+from recsys.train import Replica, fit
 
 
 @pytest.fixture(scope="module")

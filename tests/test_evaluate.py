@@ -25,10 +25,13 @@ from recsys.evaluate import (
 )
 from recsys.metrics import ranking_metrics
 from recsys.ranking import (
+    TOPK_BLOCK,
     EmbeddingScorer,
     FunctionScorer,
+    GroundTruth,
     auto_batch_size,
     evaluate_embeddings,
+    excluded_pairs,
     full_ranking,
     topk_items,
     topk_rows,
@@ -388,6 +391,36 @@ def test_topk_rows_prefilter_equals_torch_topk() -> None:
     assert all(row.unique().numel() == 12 for row in index)
 
 
+def _gathered_topk(scores: torch.Tensor, k: int, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The block-max prefilter as first written: candidates and their columns by gather, then a cat."""
+    rows, n = scores.shape
+    width = n // block * block
+    blocks = scores[:, :width].view(rows, -1, block)
+    best = torch.topk(blocks.amax(dim=2), k, dim=1, sorted=False).indices
+    candidates = blocks.gather(1, best.unsqueeze(2).expand(-1, -1, block)).view(rows, -1)
+    columns = (best.unsqueeze(2) * block + torch.arange(block)).view(rows, -1)
+    candidates = torch.cat([candidates, scores[:, width:]], dim=1)
+    columns = torch.cat([columns, torch.arange(width, n).expand(rows, -1)], dim=1)
+    values, position = torch.topk(candidates, k, dim=1, sorted=True)
+    return values, columns.gather(1, position)
+
+
+def test_topk_rows_picks_exactly_what_gathering_the_blocks_picked() -> None:
+    # Copying the chosen blocks by index_select must give torch.topk the same candidates in the same order,
+    # so even among tied scores the same items come out (the metrics do not move by a bit).
+    g = torch.Generator().manual_seed(1)
+    for n in (2021, 2048):  # with a ragged tail of 5 columns, and without a tail
+        ties = torch.randint(0, 6, (40, n), generator=g).float()
+        ties[0, -5:] = 9.0  # tied best items in the tail (or in the last block)
+        ties[1, :-3] = -math.inf  # fewer finite scores than k
+        smooth = torch.randn(40, n, generator=g)
+        for scores in (ties, smooth):
+            for k in (1, 7, 15):
+                values, index = topk_rows(scores, k)
+                expected_values, expected_index = _gathered_topk(scores, k, TOPK_BLOCK)
+                assert torch.equal(values, expected_values) and torch.equal(index, expected_index)
+
+
 def test_numpy_and_torch_backends_agree(toy) -> None:
     fast = EmbeddingScorer(toy["user"], toy["item"])
     assert (fast.backend, fast.layout) == ("numpy", "nt")
@@ -416,3 +449,28 @@ def test_equals_naive_loop_with_the_topk_prefilter() -> None:
         EmbeddingScorer(user, item), torch.arange(30), 10, num_users=30, num_items=1500, exclude=train
     )
     assert torch.equal(top, lists)
+
+
+def test_one_ranking_at_the_largest_k_serves_every_smaller_k() -> None:
+    # The evaluator ranks once, at max(ks), and reads every K off the prefixes of those lists: the same
+    # metrics as ranking again at each K alone (prefilter on: 1,500 items, 46 blocks >= 4 * 10).
+    g = torch.Generator().manual_seed(4)
+    user, item = torch.randn(40, 16, generator=g), torch.randn(1500, 16, generator=g)
+    state = torch.randint(0, 25, (40, 1500), generator=g)
+    train, test = _pairs(state == 0), _pairs(state == 1)
+    shared = evaluate_embeddings(user, item, test, exclude=train, ks=[1, 5, 10], batch_size=9).metrics
+    for k in (1, 5, 10):
+        alone = evaluate_embeddings(user, item, test, exclude=train, ks=[k], batch_size=9).metrics
+        assert alone == {name: shared[name] for name in alone}
+
+
+def test_masked_pairs_prepared_once_serve_every_row(toy) -> None:
+    exclude = torch.cat([toy["train"], toy["valid"]], dim=1)
+    gt = GroundTruth(toy["test"], NUM_USERS, NUM_ITEMS, "cpu")
+    masked = excluded_pairs(exclude, gt.users, NUM_USERS, NUM_ITEMS)
+    scorer = EmbeddingScorer(toy["user"], toy["item"])
+    options = {"num_users": NUM_USERS, "num_items": NUM_ITEMS, "ks": (3, 10), "batch_size": 4}
+    prepared = full_ranking(scorer, gt, exclude=masked, **options).metrics
+    assert prepared == full_ranking(scorer, toy["test"], exclude=exclude, **options).metrics
+    with pytest.raises(ValueError, match="other users"):
+        topk_items(scorer, torch.arange(5), 3, num_users=NUM_USERS, num_items=NUM_ITEMS, exclude=masked)

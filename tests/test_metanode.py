@@ -1,4 +1,4 @@
-"""Meta-node InfoNCE (design: shared/design/metanode-contrastive.md, section 6), k-means and wiring."""
+"""Meta-node InfoNCE (design and properties: docs/metanode.md), k-means and wiring."""
 
 import math
 

@@ -3,6 +3,7 @@ import torch
 from recsys.config import TrainConfig
 from recsys.graph import build_graph
 from recsys.losses import bpr_loss, l2_reg
+from recsys.model_registry import CONTRASTIVE_FIELDS, MODELS, contrastive_models
 from recsys.models import MF, LightGCN, SimGCL, XSimGCL, build_model, uniform_noise
 from recsys.objectives import OBJECTIVES, Batch, batch_rows
 from recsys.sampling import NegativeSampler
@@ -153,3 +154,16 @@ def test_noise_is_zero_where_the_embedding_is_zero():
     noise = uniform_noise(x, 0.2, torch.Generator().manual_seed(0))
     assert (noise[2] == 0).all() and noise[4, 3] == 0
     assert ((noise * x) >= 0).all() and (noise[x != 0] != 0).all()
+
+
+def test_every_registered_model_builds_its_class_with_its_objective():
+    """The registry names classes and objectives (the config reads it without torch): each name resolves."""
+    for name, spec in MODELS.items():
+        cfg = TrainConfig(model=name, embedding_dim=4, num_layers=2).resolved()
+        model = build_model(cfg, 3, 5)
+        assert type(model).__name__ == spec.model_class and model.num_users == 3
+        assert OBJECTIVES[name].__name__ == spec.objective
+        # resolved: λ, ε, τ are set exactly for the contrastive models, to the registry's values
+        values = {field: getattr(cfg, field) for field in CONTRASTIVE_FIELDS}
+        assert values == (dict(spec.defaults) if spec.contrastive else dict.fromkeys(CONTRASTIVE_FIELDS))
+    assert contrastive_models() == ("simgcl", "xsimgcl")

@@ -5,6 +5,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from pipelines.readers import LogSpec, parse_time, read_log
+from recsys.cli import main
 from recsys.errors import InputError
 
 
@@ -141,3 +142,79 @@ def test_missing_file_and_unknown_format(tmp_path):
         read_log(tmp_path / "nope.csv", LogSpec("csv"))
     with pytest.raises(InputError, match="unknown format 'xls'; expected one of csv, tsv"):
         LogSpec("xls")
+
+
+ELF = b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)) * 8  # the start of an executable: NUL at offset 7
+
+
+def write_inputs(root):
+    """One input per way a log can be wrong for its --format, all in ``root``."""
+    (root / "logs").mkdir()
+    (root / "elf.csv").write_bytes(ELF)
+    (root / "elf.jsonl").write_bytes(ELF)
+    pl.DataFrame({"user_id": ["a"], "item_id": ["b"]}).write_parquet(root / "log.parquet")
+    (root / "text.parquet").write_text("user_id,item_id\na,b\n")
+    (root / "latin1.csv").write_bytes("user_id,item_id\na,b\nJosé,c\n".encode("latin-1"))
+    write(root / "mixed.jsonl", '{"user_id": 1, "item_id": "b"}\n{"user_id": [1], "item_id": "c"}\n')
+    write(root / "nested.jsonl", '{"user_id": "a", "item_id": "b", "meta": {"x": 1}}\n' * 3)
+    with (root / "nested.jsonl").open("a") as handle:
+        handle.write('{"user_id": "a", "item_id": "c", "meta": {"x": [1]}}\n')
+    write(root / "array.jsonl", '{"user_id": "a", "item_id": "b"}\n[1, 2]\n')
+    write(root / "broken.jsonl", '{"user_id": "a", "item_id": "b"}\n{"user_id": "a"} {"item_id": "c"}\n')
+    return root
+
+
+@pytest.mark.parametrize(
+    ("fmt", "name", "message"),
+    [
+        (
+            "csv",
+            "elf.csv",
+            ": not a text file: it holds binary data (a NUL byte at offset 7); "
+            "--format csv expects a CSV text file",
+        ),
+        (
+            "jsonl",
+            "elf.jsonl",
+            ": not a text file: it holds binary data (a NUL byte at offset 7); "
+            "--format jsonl expects a JSON Lines text file (one JSON object per line)",
+        ),
+        ("csv", "logs", ": is a directory, not a file; --format csv expects a CSV text file"),
+        (
+            "csv",
+            "log.parquet",
+            ": not a text file: it is a Parquet file (use --format parquet); "
+            "--format csv expects a CSV text file",
+        ),
+        (
+            "parquet",
+            "text.parquet",
+            ": not a Parquet file (it does not start with the magic bytes PAR1); it looks like text: "
+            "use --format csv, tsv, jsonl or lightgcn",
+        ),
+        ("csv", "latin1.csv", ", line 3: not UTF-8 text (byte 0xe9 at column 4); save the file as UTF-8"),
+        # polars alone says "failed to determine supertype of struct[2] and struct[2]", naming no line.
+        (
+            "jsonl",
+            "mixed.jsonl",
+            ", line 2: field 'user_id' is an array here but a number on line 1; "
+            "a field needs the same JSON type on every line",
+        ),
+        (
+            "jsonl",
+            "nested.jsonl",
+            ", line 4: field 'meta.x' is an array here but a number on line 1; "
+            "a field needs the same JSON type on every line",
+        ),
+        ("jsonl", "array.jsonl", ", line 2: expected a JSON object, found an array"),
+        ("jsonl", "broken.jsonl", ", line 2: invalid JSON (Extra data at column 18)"),
+    ],
+)
+def test_cli_says_what_is_wrong_with_the_file_in_one_line(tmp_path, capsys, fmt, name, message):
+    path = write_inputs(tmp_path) / name
+    out = tmp_path / "out"
+    code = main(["ingest", "--format", fmt, "--input", str(path), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err == f"recsys ingest: error: {path}{message}\n"
+    assert not out.exists()

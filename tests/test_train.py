@@ -13,8 +13,9 @@ from recsys.config import TrainConfig, config_from_dict, load_config_file
 from recsys.dataset import Dataset
 from recsys.errors import InputError
 from recsys.graph import build_graph
+from recsys.jobs import train_artifact
 from recsys.models import build_model
-from recsys.train import fit, train_artifact
+from recsys.train import fit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -213,7 +214,7 @@ def test_resume_with_metanode_negatives_ends_exactly_as_an_uninterrupted_run(dat
 def test_resume_accepts_a_checkpoint_written_before_the_negatives_options(dataset_dir, tmp_path):
     """A checkpoint without the fields added for issue #5 ran with their defaults: it can be resumed."""
     from recsys.dataset import load_dataset
-    from recsys.train import CHECKPOINT_FILE
+    from recsys.training_run import CHECKPOINT_FILE
 
     data = load_dataset(dataset_dir)
     cfg = TrainConfig(model="mf", embedding_dim=8, batch_size=512, epochs=2, seed=1)

@@ -1,4 +1,4 @@
-"""Models hold parameters and ``forward`` only: no losses, no I/O. Look them up by name in ``MODELS``."""
+"""Models hold parameters and ``forward`` only: no losses, no I/O. :func:`build_model` builds one by name."""
 
 from __future__ import annotations
 
@@ -7,29 +7,23 @@ from recsys.models.base import EmbeddingModel, Embeddings, Rows, Views, uniform_
 from recsys.models.lightgcn import LightGCN, SimGCL, XSimGCL
 from recsys.models.mf import MF
 
-MODELS: dict[str, type[EmbeddingModel]] = {
-    "mf": MF,
-    "lightgcn": LightGCN,
-    "simgcl": SimGCL,
-    "xsimgcl": XSimGCL,
-}
+CLASSES: dict[str, type[EmbeddingModel]] = {cls.__name__: cls for cls in (MF, LightGCN, SimGCL, XSimGCL)}
 
 
 def build_model(cfg: TrainConfig, num_users: int, num_items: int) -> EmbeddingModel:
-    """Instantiate the model named by a resolved config with its hyperparameters."""
-    if cfg.model == "mf":
-        return MF(num_users, num_items, cfg.embedding_dim)
-    if cfg.model == "lightgcn":
-        return LightGCN(num_users, num_items, cfg.embedding_dim, cfg.num_layers)
-    assert cfg.noise_eps is not None, "resolve the config first"
-    if cfg.model == "simgcl":
-        return SimGCL(num_users, num_items, cfg.embedding_dim, cfg.num_layers, cfg.noise_eps)
-    return XSimGCL(num_users, num_items, cfg.embedding_dim, cfg.num_layers, cfg.noise_eps, cfg.cl_layer)
+    """Instantiate the model named by a resolved config, with the config fields its registry entry names.
+
+    The class and the fields it takes come from :data:`recsys.model_registry.MODELS`.
+    """
+    spec = cfg.spec
+    args = {name: getattr(cfg, name) for name in spec.config_args}
+    assert None not in args.values(), "resolve the config first"
+    return CLASSES[spec.model_class](num_users, num_items, **args)
 
 
 __all__ = [
+    "CLASSES",
     "MF",
-    "MODELS",
     "EmbeddingModel",
     "Embeddings",
     "LightGCN",

@@ -1,0 +1,27 @@
+import pytest
+import torch
+
+from recsys.dataset import Dataset
+from recsys.errors import InputError
+from recsys.protocol import Protocol, excluded_splits, parse_protocol, selection_split, training_splits
+
+
+def test_each_protocol_trains_selects_and_masks_as_its_table_says():
+    rules = {p: (training_splits(p), selection_split(p), excluded_splits("test", p)) for p in Protocol}
+    assert rules == {
+        "honest": (("train",), "valid", ("train", "valid")),
+        "paper": (("train", "valid"), "test", ("train", "valid")),
+    }
+    # selecting masks exactly the training data, under both protocols
+    assert all(excluded_splits(selection_split(p), p) == training_splits(p) for p in Protocol)
+    with pytest.raises(InputError, match="unknown protocol 'optimistic'; expected one of honest, paper"):
+        parse_protocol("optimistic")
+    with pytest.raises(InputError, match="trains on train ∪ valid"):
+        excluded_splits("valid", "paper")
+
+
+def test_dataset_pairs_joins_splits_in_the_order_given():
+    split = {name: torch.tensor([[i], [i]]) for i, name in enumerate(("train", "valid", "test"))}
+    data = Dataset(3, 3, **split)
+    assert data.pairs(training_splits("paper")).tolist() == [[0, 1], [0, 1]]
+    assert torch.equal(data.pairs(["test"]), split["test"])
