@@ -54,16 +54,12 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from recsys import ranking  # noqa: E402
+from recsys import topk  # noqa: E402
 from recsys.artifact import write_embeddings_artifact  # noqa: E402
 from recsys.dataset import Dataset, load_dataset  # noqa: E402
-from recsys.ranking import (  # noqa: E402
-    EmbeddingScorer,
-    FunctionScorer,
-    Scorer,
-    auto_batch_size,
-    full_ranking,
-)
+from recsys.ranking import full_ranking  # noqa: E402
+from recsys.scoring import EmbeddingScorer, FunctionScorer, Scorer  # noqa: E402
+from recsys.topk import auto_batch_size  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GOWALLA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gowalla"
@@ -154,13 +150,13 @@ def _variant(name: str, user: torch.Tensor, item: torch.Tensor) -> tuple[Scorer,
 @contextmanager
 def _plain_topk(enabled: bool) -> Iterator[None]:
     """Switch off the block-max prefilter of ``topk_rows`` (a block wider than any row)."""
-    saved = ranking.TOPK_BLOCK
+    saved = topk.TOPK_BLOCK
     if enabled:
-        ranking.TOPK_BLOCK = 1 << 40
+        topk.TOPK_BLOCK = 1 << 40
     try:
         yield
     finally:
-        ranking.TOPK_BLOCK = saved
+        topk.TOPK_BLOCK = saved
 
 
 def _time_variant(

@@ -45,15 +45,16 @@ from torch import Tensor
 
 from pipelines.ingest import IngestConfig, ingest
 from pipelines.readers import LogSpec
-from recsys.artifact import Artifact, check_dataset, dataset_digest, load_artifact
+from recsys.artifact import Artifact, check_dataset, dataset_digest, load_artifact, read_json_object
 from recsys.atomic import atomic_write_text
 from recsys.dataset import Dataset, load_dataset
 from recsys.errors import InputError, first_line
 from recsys.jobs import train_artifact
 from recsys.metrics import METRIC_NAMES
 from recsys.protocol import excluded_splits, selection_split, training_splits
-from recsys.ranking import EmbeddingScorer, GroundTruth, full_ranking
+from recsys.ranking import GroundTruth, full_ranking
 from recsys.recommend import Recommender
+from recsys.scoring import EmbeddingScorer
 from recsys.training_run import CHECKPOINT_FILE
 from recsys.warmstart import Parent, load_parent, match_ids, raw_ids
 
@@ -251,7 +252,9 @@ def ingest_like(champion: Artifact, log: Path | None, workdir: Path) -> Path:
     out = workdir / "dataset"
     source = Path(log).resolve()
     if out.exists():
-        inputs = [(i.get("path"), i.get("bytes")) for i in _read_json(out / "meta.json").get("inputs", [])]
+        inputs = [
+            (i.get("path"), i.get("bytes")) for i in read_json_object(out / "meta.json").get("inputs", [])
+        ]
         if inputs != [(str(source), source.stat().st_size if source.is_file() else None)]:
             names = ", ".join(f"{path} ({size} bytes)" for path, size in inputs)
             msg = f"{out} holds a dataset of {names}, not of {source} as it is now; use a fresh --workdir"
@@ -291,7 +294,7 @@ def _ingest_options(champion: Artifact) -> dict[str, Any]:
         return dict(recorded["options"])
     meta = Path(str(recorded.get("path", ""))) / "meta.json"
     if meta.is_file() and dataset_digest(meta.parent) == recorded.get("meta_sha256"):
-        options = _read_json(meta).get("options")
+        options = read_json_object(meta).get("options")
         if isinstance(options, dict):
             return options
     msg = (
@@ -519,7 +522,7 @@ def _load_state(workdir: Path, champion: Parent) -> dict[str, Any]:
         return {
             "champion": {"artifact_id": champion.artifact_id, "path": str(champion.artifact.path.resolve())}
         }
-    state = _read_json(path)
+    state = read_json_object(path)
     recorded = (state.get("champion") or {}).get("artifact_id")
     if recorded != champion.artifact_id:
         msg = (
@@ -532,18 +535,6 @@ def _load_state(workdir: Path, champion: Parent) -> dict[str, Any]:
 
 def _save_state(workdir: Path, state: dict[str, Any]) -> None:
     atomic_write_text(workdir / STATE_FILE, json.dumps({**state, "updated_at": _now()}, indent=2) + "\n")
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        msg = f"{path}: cannot read it as JSON: {first_line(exc)}"
-        raise InputError(msg) from exc
-    if not isinstance(value, dict):
-        msg = f"{path}: expected a JSON object"
-        raise InputError(msg)
-    return value
 
 
 def _now() -> str:

@@ -189,14 +189,14 @@ def load_artifact(path: Path) -> Artifact:
     """
     path = Path(path)
     check_directory(path, REQUIRED_FILES, kind="artifact", hint="train one with `recsys train`")
-    config = _read_json(path / "config.json")
+    config = read_json_object(path / "config.json")
     if config.get("format_version") != ARTIFACT_FORMAT_VERSION:
         msg = (
             f"{path / 'config.json'}: artifact format version {config.get('format_version')!r}, "
             f"this recsys reads version {ARTIFACT_FORMAT_VERSION}"
         )
         raise InputError(msg)
-    metrics = _read_json(path / "metrics.json")
+    metrics = read_json_object(path / "metrics.json")
     emb = _read_tensors(path / "embeddings.pt", ("user", "item"))
     try:
         users = pl.read_parquet(path / "users.parquet")
@@ -211,19 +211,49 @@ def load_artifact(path: Path) -> Artifact:
         msg = f"{path / 'seen.npz'}: cannot read: {first_line(exc)}"
         raise InputError(msg) from exc
     user_emb, item_emb = emb["user"], emb["item"]
-    problems = []
-    if user_emb.dim() != 2 or item_emb.dim() != 2 or user_emb.size(1) != item_emb.size(1):
-        problems.append(f"embedding shapes {tuple(user_emb.shape)} and {tuple(item_emb.shape)} do not match")
-    if user_emb.size(0) != users.height or user_emb.size(0) != config.get("num_users"):
-        problems.append(f"{user_emb.size(0)} user embeddings but {users.height} users in users.parquet")
-    if item_emb.size(0) != items.height or item_emb.size(0) != config.get("num_items"):
-        problems.append(f"{item_emb.size(0)} item embeddings but {items.height} items in items.parquet")
+    problems = embedding_problems(user_emb, item_emb, users.height, items.height, "the id maps'")
+    counts = (config.get("num_users"), config.get("num_items"))
+    if not problems and counts != (users.height, items.height):
+        problems.append(
+            f"config.json records {counts[0]} users and {counts[1]} items, the id maps hold "
+            f"{users.height} and {items.height}"
+        )
     if len(indptr) != users.height + 1 or (len(indices) and int(indices.max()) >= items.height):
         problems.append("seen.npz does not match the id maps")
     if problems:
         msg = f"{path}: inconsistent artifact: {'; '.join(problems)}"
         raise InputError(msg)
     return Artifact(path, config, metrics, user_emb.float(), item_emb.float(), users, items, indptr, indices)
+
+
+def embedding_problems(
+    user_emb: Tensor, item_emb: Tensor, num_users: int, num_items: int, whose: str
+) -> list[str]:
+    """What keeps embeddings from scoring ``num_users`` x ``num_items``; empty when nothing does.
+
+    The one shape rule of scoring embeddings, applied by :func:`load_artifact` to an artifact's files and by
+    :func:`recsys.evaluate.evaluate_split` to embeddings from anywhere: floating ``(num_users, d)`` and
+    ``(num_items, d)`` matrices of one width ``d``.
+
+    Args:
+        user_emb: User embeddings.
+        item_emb: Item embeddings.
+        num_users: Users they must cover.
+        num_items: Items they must cover.
+        whose: Where the counts come from, for the messages (e.g. ``"the dataset's"``).
+    """
+    problems = []
+    for name, emb, rows in (("user", user_emb, num_users), ("item", item_emb, num_items)):
+        if emb.dim() != 2 or not emb.is_floating_point() or emb.size(0) != rows:
+            problems.append(
+                f"{name} embeddings of shape {tuple(emb.shape)} ({emb.dtype}) do not fit {whose} "
+                f"{rows:,} {name}s"
+            )
+    if not problems and user_emb.size(1) != item_emb.size(1):
+        problems.append(
+            f"user and item embeddings differ in dimension ({user_emb.size(1)} vs {item_emb.size(1)})"
+        )
+    return problems
 
 
 def dataset_digest(path: Path) -> str:
@@ -281,7 +311,8 @@ def _csr(pairs: Tensor, num_users: int) -> tuple[np.ndarray, np.ndarray]:
     return indptr, items[order].astype(np.int64)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file holding one object (an artifact's, a dataset's or a refresh's record), or a clear error."""
     try:
         value = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:

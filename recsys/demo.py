@@ -18,8 +18,9 @@ from recsys.artifact import load_artifact
 from recsys.baselines import BASELINES
 from recsys.config import config_from_dict
 from recsys.dataset import load_dataset
-from recsys.evaluate import evaluate_split, format_report
+from recsys.evaluate import evaluate_split
 from recsys.jobs import train_artifact
+from recsys.report import format_report
 from recsys.report_html import write_html_report
 from serving.app import ServeArgs
 from serving.runner import running

@@ -1,7 +1,8 @@
 """The plain recommender over an artifact: what ``recsys recommend`` and the HTTP service both call.
 
-All scoring is one matrix product with the item embedding matrix plus ``torch.topk``: no loop over items,
-no model code (the artifact's final embeddings are all it needs), no dataset directory.
+All scoring is one matrix product with the item embedding matrix, then the mask-and-top-k of evaluation
+(:func:`recsys.topk.mask_topk`), so a served list is the list the metrics measured: no loop over items, no
+model code (the artifact's final embeddings are all it needs), no dataset directory.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import Tensor
 from recsys.artifact import Artifact, load_artifact
 from recsys.errors import InputError
 from recsys.retrieval import ItemIndex, build_index
+from recsys.topk import mask_topk
 
 
 class UnknownIdError(InputError):
@@ -142,10 +144,8 @@ class Recommender:
         if self.index is not None and include is None:
             return self._approximate(rows, k, exclude_seen, exclude)
         scores = self.user_emb[rows] @ self.item_emb_t
-        if exclude_seen:
-            row_of, cols = self._seen_pairs(rows)
-            scores[row_of, cols] = -torch.inf
-        return self._top(scores, k, exclude, include)
+        seen = self._seen_keys(rows) if exclude_seen else None
+        return self._top(scores, k, exclude, include, seen)
 
     def _approximate(
         self, rows: Tensor, k: int, exclude_seen: bool, exclude: Sequence[Any]
@@ -191,11 +191,10 @@ class Recommender:
         known = sorted({x for x in indices if x is not None})
         if not known:
             raise UnknownIdError(kind="item", ids=unknown or list(item_ids))
-        user = self.fold_in(torch.tensor(known, device=self.device))
-        scores = (user @ self.item_emb_t).unsqueeze(0)
-        if exclude_seen:
-            scores[0, known] = -torch.inf
-        return self._top(scores, k, exclude, None)[0], unknown
+        items = torch.tensor(known, device=self.device)
+        scores = (self.fold_in(items) @ self.item_emb_t).unsqueeze(0)
+        seen = items if exclude_seen else None  # one row, so an item's key is the item itself
+        return self._top(scores, k, exclude, None, seen)[0], unknown
 
     def fold_in(self, items: Tensor) -> Tensor:
         """The fold-in embedding of a new user who interacted with item indices ``items`` (unique)."""
@@ -212,8 +211,7 @@ class Recommender:
         if index is None:
             raise UnknownIdError(kind="item", ids=[item_id])
         scores = (self._item_unit[index] @ self.item_unit_t).unsqueeze(0)
-        scores[0, index] = -torch.inf
-        return self._top(scores, k, (), None)[0]
+        return self._top(scores, k, (), None, torch.tensor([index], device=self.device))[0]
 
     def popular(self, k: int = 20, *, exclude: Sequence[Any] = ()) -> Recommendation:
         """The most interacted-with items (the fallback for unknown users); score = training count."""
@@ -232,9 +230,24 @@ class Recommender:
         cols = self._seen_indices[torch.repeat_interleave(starts, counts) + within]
         return row_of.to(self.device), cols.to(self.device)
 
+    def _seen_keys(self, rows: Tensor) -> Tensor:
+        """Each row's training items as flat keys ``position in rows * num_items + item`` (for masking)."""
+        row_of, cols = self._seen_pairs(rows)
+        return row_of * self.num_items + cols
+
     def _top(
-        self, scores: Tensor, k: int, exclude: Sequence[Any], include: Sequence[Any] | None
+        self,
+        scores: Tensor,
+        k: int,
+        exclude: Sequence[Any],
+        include: Sequence[Any] | None,
+        masked: Tensor | None = None,
     ) -> list[Recommendation]:
+        """The top ``k`` of ``(B, num_items)`` scores after the item filters and the per-row ``masked`` keys.
+
+        The filters apply to every row (raw ids); ``masked`` (flat keys ``row * num_items + item``, e.g. the
+        seen items) and the top-k are evaluation's own :func:`recsys.topk.mask_topk`.
+        """
         _check_k(k)
         if exclude:
             scores[:, self._known_items(exclude)] = -torch.inf
@@ -242,7 +255,7 @@ class Recommender:
             allowed = torch.full((self.num_items,), -torch.inf, device=self.device)
             allowed[self._known_items(include)] = 0.0
             scores += allowed
-        top_scores, top_items = torch.topk(scores, min(k, self.num_items), dim=1)
+        top_scores, top_items = mask_topk(scores, masked, min(k, self.num_items))
         return self._recommendations(top_scores, top_items)
 
     def _recommendations(self, top_scores: Tensor, top_items: Tensor) -> list[Recommendation]:

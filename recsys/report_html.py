@@ -20,9 +20,10 @@ import numpy as np
 
 from recsys.atomic import atomic_write_text
 from recsys.errors import InputError
-from recsys.evaluate import EvaluationReport
 from recsys.metrics import METRIC_NAMES
 from recsys.plots import popularity_histogram, segment_bars, to_svg, training_curve
+from recsys.protocol import TEST_SPLIT, selection_split
+from recsys.report import EvaluationReport
 from recsys.segments import ITEM_SEGMENTS, USER_SEGMENTS, threshold_label
 
 CHARTS = ("chart-training-curve", "chart-segments", "chart-popularity")
@@ -255,9 +256,12 @@ def _lineage(parent: Any) -> str:
 
 def _protocol_text(report: EvaluationReport) -> str:
     training = " + ".join(report.data.get("training_splits", []))
-    if report.protocol.value == "honest":
-        return f"honest: trained on {training}, selected on valid, {report.split} reported once"
-    return f"paper: trained on {training}, best test epoch reported (optimistic; for published comparisons)"
+    name, selected = report.protocol.value, selection_split(report.protocol)
+    if selected == TEST_SPLIT:  # the model was picked on the split it reports
+        return (
+            f"{name}: trained on {training}, best test epoch reported (optimistic; for published comparisons)"
+        )
+    return f"{name}: trained on {training}, selected on {selected}, {report.split} reported once"
 
 
 def _lead(report: EvaluationReport, k: int) -> str:

@@ -11,21 +11,19 @@ import torch
 from pipelines import IngestConfig, ingest
 from pipelines.readers import LogSpec
 from recsys.baselines import (
-    GraphFilter,
-    GraphFilterConfig,
     PopularityScorer,
     RandomScorer,
-    _Mix,
-    _top_right_singular_vectors,
     expected_random,
     popular_lists,
     popularity_order,
 )
 from recsys.dataset import load_dataset
 from recsys.evaluate import evaluate_split
+from recsys.graph_filter import GraphFilter, GraphFilterConfig, _Mix, _top_right_singular_vectors
 from recsys.metrics import ranking_metrics
-from recsys.ranking import GroundTruth, ListMeasure, excluded_pairs, full_ranking, topk_items
+from recsys.ranking import GroundTruth, ListMeasure, full_ranking, topk_items
 from recsys.segments import define_segments
+from recsys.topk import excluded_pairs
 
 REPO_SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "interactions.csv"
 

@@ -15,27 +15,13 @@ from recsys.baselines import PopularityScorer, RandomScorer
 from recsys.cli import main
 from recsys.dataset import Dataset
 from recsys.errors import InputError
-from recsys.evaluate import (
-    Protocol,
-    evaluate_split,
-    excluded_splits,
-    format_report,
-    training_splits,
-    write_report,
-)
+from recsys.evaluate import evaluate_split
 from recsys.metrics import ranking_metrics
-from recsys.ranking import (
-    TOPK_BLOCK,
-    EmbeddingScorer,
-    FunctionScorer,
-    GroundTruth,
-    auto_batch_size,
-    evaluate_embeddings,
-    excluded_pairs,
-    full_ranking,
-    topk_items,
-    topk_rows,
-)
+from recsys.protocol import Protocol, excluded_splits, training_splits
+from recsys.ranking import GroundTruth, evaluate_embeddings, full_ranking, topk_items
+from recsys.report import format_report, write_report
+from recsys.scoring import EmbeddingScorer, FunctionScorer
+from recsys.topk import TOPK_BLOCK, auto_batch_size, excluded_pairs, topk_rows
 
 NUM_USERS, NUM_ITEMS, DIM = 25, 40, 8
 

@@ -1,9 +1,15 @@
+from pathlib import Path
+
+import polars as pl
 import pytest
 import torch
 from toy_artifact import ITEMS, USERS, make_artifact
 
+from recsys.artifact import Artifact
 from recsys.errors import InputError
+from recsys.ranking import topk_items
 from recsys.recommend import Recommender, UnknownIdError
+from recsys.scoring import EmbeddingScorer
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +101,36 @@ def test_approximate_retrieval_matches_exact_on_a_small_catalogue(rec, kind):
                     assert set(g.items) <= set(rec.recommend([user], k=4, exclude=exclude)[0].items)
     # include lists stay on the exact path
     assert approx.recommend(["ann"], k=2, include=[30, 40]) == rec.recommend(["ann"], k=2, include=[30, 40])
+
+
+def test_served_lists_are_the_evaluated_lists():
+    """Serving and evaluation share one mask-and-top-k (issue 15): same lists, seen items out, ties alike."""
+    num_users, num_items = 12, 300
+    g = torch.Generator().manual_seed(0)
+    # Small integers: every product is exact whichever BLAS computes it, and many scores tie.
+    user = torch.randint(-2, 3, (num_users, 3), generator=g).float()
+    item = torch.randint(-2, 3, (num_items, 3), generator=g).float()
+    seen = torch.rand(num_users, num_items, generator=g) < 0.3
+    seen[0] = True
+    seen[0, :3] = False  # user 0 has only 3 unseen items: a short list
+    train = seen.nonzero().t()  # sorted by user, then item: the CSR an artifact stores
+    indptr = torch.cat([torch.zeros(1, dtype=torch.int64), seen.sum(1).cumsum(0)])
+    ids = {
+        "users": pl.DataFrame({"raw_id": range(num_users)}),
+        "items": pl.DataFrame({"raw_id": range(num_items)}),
+    }
+    artifact = Artifact(
+        Path("mem"), {}, {}, user, item, **ids, seen_indptr=indptr.numpy(), seen_indices=train[1].numpy()
+    )
+    rec, scorer, users = Recommender(artifact), EmbeddingScorer(user, item), torch.arange(num_users)
+    scores = user @ item.T
+    for k in (2, 20):  # k = 2 takes the block-max prefilter of topk_rows, k = 20 plain torch.topk
+        evaluated = topk_items(scorer, users, k, num_users=num_users, num_items=num_items, exclude=train)
+        served = rec.recommend(list(range(num_users)), k=k)
+        for u, (lists, one) in enumerate(zip(evaluated.tolist(), served, strict=True)):
+            expected = [i for i in lists if i >= 0]
+            assert one.items == expected and one.scores == scores[u, expected].tolist()
+            assert not seen[u, expected].any()
+            assert rec.recommend([u], k=k)[0] == one  # alone or in a batch, ties resolve alike
+        assert len(served[0].items) == min(k, 3)  # the short list ends early
+    assert any(len(set(one.scores)) < len(one.scores) for one in served)  # the lists hold ties

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from recsys.geometry import alignment, uniformity
-from recsys.ranking import EmbeddingScorer, full_ranking, topk_items
+from recsys.ranking import full_ranking, topk_items
+from recsys.scoring import EmbeddingScorer
 from recsys.segments import ITEM_SEGMENTS, USER_SEGMENTS, define_segments, gini
 
 
