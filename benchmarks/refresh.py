@@ -27,13 +27,15 @@ from recsys.runtime import configure_cpu_runtime
 configure_cpu_runtime()  # before numpy and torch load
 
 import argparse
+import itertools
+import json
 import logging
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import polars as pl
 from train import GOWALLA, RESULTS, gowalla, merged_with_earlier, write_rows
@@ -43,7 +45,6 @@ from pipelines.readers import LogSpec
 from pipelines.synthetic import SyntheticConfig, generate
 from recsys.config import DEFAULT_PRESET, PRESETS, TrainConfig, config_from_dict
 from recsys.jobs import train_artifact
-from recsys.train import TrainResult
 from recsys.warmstart import load_parent
 
 METRIC = "recall@20"
@@ -119,10 +120,23 @@ def old_part(full: Path, out: Path, seed: int = 0) -> tuple[Path, str]:
     return out, how
 
 
-def timed(
-    dataset: Path, cfg: TrainConfig, out: Path, **options: Any
-) -> tuple[TrainResult, list[tuple[float, float]]]:
-    """Train into ``out``; return the result and (seconds since the start, valid Recall@20) per epoch."""
+class Run(NamedTuple):
+    """One training run as the comparison reads it: the selected epoch, its metrics, the valid curve."""
+
+    best_epoch: int
+    selection: dict[str, float]
+    test: dict[str, float]
+    marks: list[tuple[float, float]]  # (seconds since the start, valid Recall@20) per epoch
+
+
+def timed(dataset: Path, cfg: TrainConfig, out: Path, *, reuse: bool = False, **options: Any) -> Run:
+    """Train into ``out`` and time it; with ``reuse``, read a finished run of the same config instead.
+
+    A reused run's seconds are its epochs' recorded seconds, summed (the dataset load is not in them).
+    """
+    if reuse and (earlier := _finished(out, cfg)) is not None:
+        logging.info("reusing %s (same config, finished)", out)
+        return earlier
     marks: list[tuple[float, float]] = []
     start = time.perf_counter()
 
@@ -131,7 +145,20 @@ def timed(
             marks.append((time.perf_counter() - start, record["valid"][METRIC]))
 
     result = train_artifact(dataset, cfg, out, force=True, progress=False, callback=mark, **options)
-    return result, marks
+    return Run(result.best_epoch, result.selection, result.test, marks)
+
+
+def _finished(out: Path, cfg: TrainConfig) -> Run | None:
+    """The run in artifact ``out`` if it was trained with ``cfg`` (resolved), else ``None``."""
+    if not (out / "metrics.json").is_file():
+        return None
+    if json.loads((out / "config.json").read_text()).get("config") != cfg.resolved().to_dict():
+        return None
+    metrics = json.loads((out / "metrics.json").read_text())
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    seconds = list(itertools.accumulate(r["seconds"] for r in records))
+    marks = [(t, r["valid"][METRIC]) for t, r in zip(seconds, records, strict=True) if "valid" in r]
+    return Run(metrics["best_epoch"], metrics["valid"], metrics["test"], marks)
 
 
 def first_reach(marks: list[tuple[float, float]], target: float) -> float | None:
@@ -144,8 +171,10 @@ def first_epoch(marks: list[tuple[float, float]], target: float) -> int | None:
     return next((epoch for epoch, (_, value) in enumerate(marks, start=1) if value >= target), None)
 
 
-def compare(name: str, workdir: Path, threads: int, max_epochs: int | None, preset: str) -> dict[str, Any]:
-    """One graph: old model, then cold and warm runs on the full data."""
+def compare(
+    name: str, workdir: Path, threads: int, max_epochs: int | None, preset: str, shrink: float, reuse: bool
+) -> dict[str, Any]:
+    """One graph: old model, then cold and warm runs (the parent shrunk by ``shrink``) on the full data."""
     full = GRAPHS[name](workdir)
     old, how = old_part(full, workdir / f"{name}-old")
     values: dict[str, Any] = {"model": "xsimgcl", "preset": preset, "threads": threads, "seed": 0}
@@ -154,12 +183,14 @@ def compare(name: str, workdir: Path, threads: int, max_epochs: int | None, pres
     cfg = config_from_dict(values)
     runs = workdir / "runs" / preset
     logging.info("%s: old model on %s (%s)", name, old, how)
-    timed(old, cfg, runs / f"{name}-old")
+    timed(old, cfg, runs / f"{name}-old", reuse=reuse)
     logging.info("%s: cold retrain on %s", name, full)
-    cold, cold_marks = timed(full, cfg, runs / f"{name}-cold")
-    parent = load_parent(runs / f"{name}-old")
-    logging.info("%s: warm start from %s", name, parent.artifact.path)
-    warm, warm_marks = timed(full, parent.inherit_config({}), runs / f"{name}-warm", init_from=parent)
+    cold = timed(full, cfg, runs / f"{name}-cold", reuse=reuse)
+    parent = load_parent(runs / f"{name}-old", shrink)
+    logging.info("%s: warm start from %s (shrink %s)", name, parent.artifact.path, shrink)
+    warm_dir = runs / f"{name}-warm-shrink{shrink:g}"
+    warm = timed(full, parent.inherit_config({}), warm_dir, init_from=parent)
+    cold_marks, warm_marks = cold.marks, warm.marks
 
     best = cold.selection[METRIC]
     cold_to_best = cold_marks[cold.best_epoch - 1][0]
@@ -167,6 +198,7 @@ def compare(name: str, workdir: Path, threads: int, max_epochs: int | None, pres
     row = {
         "graph": name,
         "preset": preset,
+        "init_shrink": shrink,
         "cut": how,
         "old_train_pairs": _pairs(old),
         "full_train_pairs": _pairs(full),
@@ -184,7 +216,7 @@ def compare(name: str, workdir: Path, threads: int, max_epochs: int | None, pres
         "cold_test": {k: cold.test[k] for k in (METRIC, "ndcg@20")},
         "warm_test": {k: warm.test[k] for k in (METRIC, "ndcg@20")},
         "test_share": round(warm.test[METRIC] / cold.test[METRIC], 4),
-        "warm_init": load_parent(runs / f"{name}-warm").artifact.config["parent"]["init"],
+        "warm_init": load_parent(warm_dir).artifact.config["parent"]["init"],
         "cold_history": cold_marks,
         "warm_history": warm_marks,
     }
@@ -213,6 +245,14 @@ def main() -> None:
         "--preset", choices=PRESETS, default=DEFAULT_PRESET, help="training preset of all runs"
     )
     parser.add_argument(
+        "--init-shrink", type=float, default=1.0, help="the warm start's --init-shrink (1: off)"
+    )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse the finished old and cold runs of this config in --workdir (to try another shrink)",
+    )
+    parser.add_argument(
         "--max-epochs", type=int, help="cap every run (a smoke run; default: the stopping rule)"
     )
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "recsys-bench-refresh")
@@ -224,10 +264,15 @@ def main() -> None:
     for name in filter(None, opts.graphs.split(",")):
         if name == "gowalla" and not (GOWALLA / "train.txt").is_file():
             sys.exit(f"gowalla not found at {GOWALLA}")
-        rows.append(compare(name, opts.workdir, opts.threads, opts.max_epochs, opts.preset))
+        rows.append(
+            compare(
+                name, opts.workdir, opts.threads, opts.max_epochs, opts.preset, opts.init_shrink, opts.reuse
+            )
+        )
     cols = [
         "graph",
         "preset",
+        "init_shrink",
         "cold_best_valid",
         "cold_best_epoch",
         "cold_seconds_to_best",
@@ -249,7 +294,7 @@ def main() -> None:
         )
     if not opts.no_write:
         out = RESULTS / "refresh.json"
-        write_rows(out, opts.threads, merged_with_earlier(out, rows, ("graph", "preset")))
+        write_rows(out, opts.threads, merged_with_earlier(out, rows, ("graph", "preset", "init_shrink")))
 
 
 if __name__ == "__main__":

@@ -86,6 +86,7 @@ class RefreshConfig:
         train_source: Where ``train`` came from, for error messages.
         margin: How much worse than the champion the challenger may be (see ``margin_type``).
         margin_type: ``relative`` (a share of the champion's value) or ``absolute`` (metric units).
+        init_shrink: Multiply the champion's layer-0 rows by this before the warm start (``--init-shrink``).
         serve_url: The running service to reload (``None``: only write the artifact).
         token: Its admin bearer token.
         http_timeout_s: Seconds to wait for one HTTP call (a reload answers once every replica serves it).
@@ -100,6 +101,7 @@ class RefreshConfig:
     train_source: str = "options"
     margin: float = 0.01
     margin_type: str = "relative"
+    init_shrink: float = 1.0
     serve_url: str | None = None
     token: str | None = None
     http_timeout_s: float = 120.0
@@ -182,7 +184,7 @@ def refresh(cfg: RefreshConfig) -> RefreshResult:
         InputError: bad options or inputs, or a work directory of another refresh.
         ServiceError: the service is unreachable or serves neither the champion nor the challenger.
     """
-    champion = load_parent(cfg.champion)
+    champion = load_parent(cfg.champion, cfg.init_shrink)
     workdir = cfg.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     state = _load_state(workdir, champion)

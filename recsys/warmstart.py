@@ -18,6 +18,12 @@ Why a plain mean and not serving's fold-in (``Recommender.fold_in``, a LightGCN-
 step, whose norm shrinks with item degrees. A warm-start row is a layer-0 parameter trained next to the
 known users' layer-0 rows; the mean keeps it on their scale and in the direction of the user's items, and
 needs no degree from the old graph. The optimiser (Adam) starts fresh: its moments belong to the old graph.
+
+``shrink`` (``--init-shrink``, default 1: off) multiplies the parent's rows, and so every row derived from
+them, before training. A warm start from a model selected at its peak on the older interactions keeps
+fitting those until it overfits them; shrinking the weights towards zero first restores much of what it
+loses (Ash & Adams, "On Warm-Starting Neural Network Training", NeurIPS 2020; measured on gowalla in
+``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
@@ -51,11 +57,13 @@ class Parent:
         artifact: The artifact, validated as serving loads it.
         user: Layer-0 user embeddings, ``(num_users, d)``, in the artifact's user order.
         item: Layer-0 item embeddings, ``(num_items, d)``.
+        shrink: The factor ``user`` and ``item`` were multiplied by (1: as trained).
     """
 
     artifact: Artifact
     user: Tensor
     item: Tensor
+    shrink: float = 1.0
 
     @property
     def artifact_id(self) -> str:
@@ -76,6 +84,7 @@ class Parent:
             "trained_at": config.get("trained_at"),
             "model": self.artifact.model_name,
             "dataset_sha256": config.get("dataset", {}).get("meta_sha256"),
+            "shrink": self.shrink,
         }
 
     def inherit_config(self, overrides: dict[str, Any], source: str = "options") -> TrainConfig:
@@ -111,12 +120,20 @@ class Parent:
         return cfg
 
 
-def load_parent(path: Path) -> Parent:
+def load_parent(path: Path, shrink: float = 1.0) -> Parent:
     """Load an artifact to warm-start from: validated as serving loads it, plus its layer-0 table.
 
+    Args:
+        path: The artifact directory.
+        shrink: Multiply the layer-0 rows by this, in ``(0, 1]`` (module docstring).
+
     Raises:
-        InputError: a missing or broken artifact, or a ``model.pt`` without the ``embedding`` table.
+        InputError: a missing or broken artifact, a ``model.pt`` without the ``embedding`` table, or a
+            shrink outside ``(0, 1]``.
     """
+    if not 0.0 < shrink <= 1.0:
+        msg = f"--init-shrink {shrink}: expected a factor in (0, 1] (1 keeps the parent's rows as trained)"
+        raise InputError(msg)
     artifact = load_artifact(Path(path))
     table = load_state_dict(artifact.path).get("embedding")
     num_users, num_items = artifact.users.height, artifact.items.height
@@ -127,8 +144,8 @@ def load_parent(path: Path) -> Parent:
             f"({num_users} + {num_items}, d) (layer 0, users then items), got {shape}"
         )
         raise InputError(msg)
-    user, item = table.float().split([num_users, num_items])
-    return Parent(artifact, user, item)
+    user, item = (table.float() * shrink).split([num_users, num_items])
+    return Parent(artifact, user, item, shrink)
 
 
 def match_ids(known: pl.Series, new: pl.Series) -> Tensor:

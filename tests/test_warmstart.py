@@ -132,6 +132,31 @@ def test_prepare_run_starts_from_the_parent_layer_0_by_raw_id(versions):
     torch.testing.assert_close(item, naive[1])
 
 
+def test_init_shrink_scales_every_inherited_row_and_is_recorded(versions):
+    data = load_dataset(versions["v2"])
+    plain, shrunk = load_parent(versions["m1"]), load_parent(versions["m1"], 0.3)
+    torch.testing.assert_close(shrunk.user, 0.3 * plain.user)
+    assert shrunk.record()["shrink"] == 0.3 and plain.record()["shrink"] == 1.0
+    cfg = plain.inherit_config({}).resolved()
+    runs = [
+        prepare_run(data, cfg, torch.device("cpu"), init=WarmStart.match(p, data, cfg.protocol))
+        for p in (plain, shrunk)
+    ]
+    (user_a, item_a), (user_b, item_b) = (
+        run.order.restore(run.model.user_emb.detach(), run.model.item_emb.detach()) for run in runs
+    )
+    # Known rows and the rows derived from them (means are linear) shrink; random rows stay as drawn.
+    src = WarmStart.match(plain, data, cfg.protocol).sources()
+    inherited_users = src.known_users | src.folded_users
+    inherited_items = src.known_items | src.neighbour_items
+    torch.testing.assert_close(user_b[inherited_users], 0.3 * user_a[inherited_users])
+    torch.testing.assert_close(item_b[inherited_items], 0.3 * item_a[inherited_items])
+    assert torch.equal(user_b[~inherited_users], user_a[~inherited_users])
+    for bad in (0.0, 1.5, -1.0):
+        with pytest.raises(InputError, match="--init-shrink"):
+            load_parent(versions["m1"], bad)
+
+
 def test_config_comes_from_the_artifact_then_file_then_flags(versions, tmp_path):
     parent = load_parent(versions["m1"])
     assert parent.inherit_config({}).to_dict() == load_artifact(versions["m1"]).config["config"]

@@ -20,6 +20,17 @@ from recsys.model_registry import CONTRASTIVE_FIELDS, MODELS
 _FIELDS: dict[str, Field[Any]] = {option.name: option for option in fields(TrainConfig)}
 
 
+def _add_init_shrink(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--init-shrink",
+        type=float,
+        default=1.0,
+        metavar="FACTOR",
+        help="with a warm start, multiply the parent's layer-0 rows by this factor in (0, 1] first "
+        "(shrink-and-perturb without the perturbation; 1 keeps them as trained; see docs/refresh.md)",
+    )
+
+
 def add_hyperparameters(p: argparse.ArgumentParser, title: str, *, show_defaults: bool = True) -> None:
     """``--config`` and one flag per :class:`~recsys.config.TrainConfig` field but ``model``.
 
@@ -112,6 +123,7 @@ def add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) 
         help="warm start from this artifact: its config is the default, known users/items start from its "
         "layer-0 embeddings, the optimiser starts fresh; same --model only (see README, Keep a model fresh)",
     )
+    _add_init_shrink(p)
     p.add_argument("--resume", action="store_true", help="continue a killed run from <out>.ckpt/")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     add_hyperparameters(
@@ -143,7 +155,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
     values = _train_values(args)
     source = str(args.config or "options")
-    parent = load_parent(args.init_from) if args.init_from else None
+    parent = load_parent(args.init_from, args.init_shrink) if args.init_from else None
     cfg = parent.inherit_config(values, source) if parent else config_from_dict(values, source=source)
     scale = ScaleConfig(
         workers=args.workers,
@@ -232,6 +244,7 @@ def add_refresh(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     )
     p.add_argument("--serve-url", help="the running service to reload, e.g. http://127.0.0.1:8000")
     p.add_argument("--token", help="its admin bearer token (default: env RECSYS_ADMIN_TOKEN)")
+    _add_init_shrink(p)
     add_hyperparameters(
         p,
         "training of the challenger (defaults: the champion's config; --metric also decides)",
@@ -245,6 +258,7 @@ def _run_refresh(args: argparse.Namespace) -> int:
 
     cfg = RefreshConfig(
         champion=args.champion,
+        init_shrink=args.init_shrink,
         workdir=args.workdir,
         log=args.log,
         dataset=args.dataset,
