@@ -83,7 +83,7 @@ def run_recipe(
         cfg,
         checkpoint_dir=checkpoint,
         resume=resume and (checkpoint / CHECKPOINT_FILE).is_file(),
-        progress=sys.stderr.isatty(),
+        progress=True,  # a bar on a terminal, a line every 30 s in a log (recsys.progress)
     )
     split = selection_split(protocol)
     curve, wall = [], 0.0
