@@ -348,14 +348,15 @@ class WarmStart:
 def check_resume_parent(checkpoint_dir: Path, parent: Parent | None, *, resume: bool) -> None:
     """Keep a run's parent across ``--resume``: record it on a fresh start, insist on it when resuming.
 
-    The initial weights come from the parent only on a fresh start; a resumed run continues its checkpoint.
-    Resuming with another (or no) ``--init-from`` would write an artifact that names the wrong parent.
+    The initial weights come from the parent (shrunk by its factor) only on a fresh start; a resumed run
+    continues its checkpoint. Resuming with another (or no) ``--init-from``, or another ``--init-shrink``,
+    would write an artifact that names the wrong parent or factor.
 
     Raises:
-        InputError: resuming with a different parent than the checkpoint was started from.
+        InputError: resuming with a different parent or shrink factor than the checkpoint was started from.
     """
     marker = checkpoint_dir / "parent.txt"
-    wanted = parent.artifact_id if parent is not None else ""
+    wanted = _parent_start(parent)
     if resume:
         recorded = marker.read_text().strip() if marker.is_file() else ""
         if recorded != wanted:
@@ -368,6 +369,13 @@ def check_resume_parent(checkpoint_dir: Path, parent: Parent | None, *, resume: 
         atomic_write_text(marker, wanted + "\n")
     else:
         marker.unlink(missing_ok=True)
+
+
+def _parent_start(parent: Parent | None) -> str:
+    """What a checkpoint records of its start: the parent's id, and its shrink factor unless 1."""
+    if parent is None:
+        return ""
+    return parent.artifact_id + ("" if parent.shrink == 1.0 else f", --init-shrink {parent.shrink:g}")
 
 
 __all__ = [

@@ -157,6 +157,22 @@ def test_init_shrink_scales_every_inherited_row_and_is_recorded(versions):
             load_parent(versions["m1"], bad)
 
 
+def test_init_shrink_without_a_parent_is_an_error(versions, tmp_path, capsys):
+    argv = [
+        "train",
+        "-q",
+        "--dataset",
+        str(versions["v2"]),
+        "--out",
+        str(tmp_path / "m"),
+        "--init-shrink",
+        "0.5",
+    ]
+    assert main(argv) == 1
+    assert "--init-shrink scales a warm start's parent rows" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
 def test_config_comes_from_the_artifact_then_file_then_flags(versions, tmp_path):
     parent = load_parent(versions["m1"])
     assert parent.inherit_config({}).to_dict() == load_artifact(versions["m1"]).config["config"]
@@ -212,6 +228,10 @@ def test_warm_started_artifact_records_its_parent_and_resumes_exactly(versions, 
     # The parent must be given again, the same one: the artifact names it.
     with pytest.raises(InputError, match="started with --init-from an artifact with id"):
         train_artifact(versions["v2"], cfg, out, progress=False, resume=True)
+    with pytest.raises(InputError, match="init-shrink 0.5"):  # another factor: the artifact would misname it
+        train_artifact(
+            versions["v2"], cfg, out, progress=False, resume=True, init_from=load_parent(versions["m1"], 0.5)
+        )
     resumed = train_artifact(versions["v2"], cfg, out, progress=False, resume=True, init_from=parent)
     assert torch.equal(resumed.embeddings.user, full.embeddings.user)
     assert torch.equal(resumed.embeddings.item, full.embeddings.item)

@@ -15,6 +15,7 @@ from typing import Any
 
 from recsys.commands.options import HelpFormatter
 from recsys.config import TrainConfig, load_config_file, parse_bool
+from recsys.errors import InputError
 from recsys.model_registry import CONTRASTIVE_FIELDS, MODELS
 
 _FIELDS: dict[str, Field[Any]] = {option.name: option for option in fields(TrainConfig)}
@@ -155,6 +156,9 @@ def _run_train(args: argparse.Namespace) -> int:
 
     values = _train_values(args)
     source = str(args.config or "options")
+    if args.init_shrink != 1.0 and not args.init_from:
+        msg = "--init-shrink scales a warm start's parent rows; give the parent with --init-from ARTIFACT"
+        raise InputError(msg)
     parent = load_parent(args.init_from, args.init_shrink) if args.init_from else None
     cfg = parent.inherit_config(values, source) if parent else config_from_dict(values, source=source)
     scale = ScaleConfig(
