@@ -43,8 +43,10 @@ from train import GOWALLA, RESULTS, gowalla, merged_with_earlier, write_rows
 from pipelines import IngestConfig, ingest
 from pipelines.readers import LogSpec
 from pipelines.synthetic import SyntheticConfig, generate
+from recsys.artifact import read_json_object
 from recsys.config import DEFAULT_PRESET, PRESETS, TrainConfig, config_from_dict
 from recsys.jobs import train_artifact
+from recsys.training_run import CHECKPOINT_FILE
 from recsys.warmstart import load_parent
 
 METRIC = "recall@20"
@@ -129,14 +131,25 @@ class Run(NamedTuple):
     marks: list[tuple[float, float]]  # (seconds since the start, valid Recall@20) per epoch
 
 
-def timed(dataset: Path, cfg: TrainConfig, out: Path, *, reuse: bool = False, **options: Any) -> Run:
-    """Train into ``out`` and time it; with ``reuse``, read a finished run of the same config instead.
+def timed(
+    dataset: Path,
+    cfg: TrainConfig,
+    out: Path,
+    *,
+    reuse_finished: bool = False,
+    resume: bool = False,
+    **options: Any,
+) -> Run:
+    """Train into ``out`` and time it.
 
-    A reused run's seconds are its epochs' recorded seconds, summed (the dataset load is not in them).
+    With ``reuse_finished``, a finished run of the same config in ``out`` is read instead; with ``resume``, an
+    interrupted one continues from its checkpoint (``<out>.ckpt``). Such a run's seconds are its epochs'
+    recorded seconds, summed (no dataset load in them).
     """
-    if reuse and (earlier := _finished(out, cfg)) is not None:
+    if reuse_finished and (earlier := _finished(out, cfg)) is not None:
         logging.info("reusing %s (same config, finished)", out)
         return earlier
+    resume = resume and (Path(f"{out}.ckpt") / CHECKPOINT_FILE).is_file()
     marks: list[tuple[float, float]] = []
     start = time.perf_counter()
 
@@ -144,7 +157,14 @@ def timed(dataset: Path, cfg: TrainConfig, out: Path, *, reuse: bool = False, **
         if "valid" in record:
             marks.append((time.perf_counter() - start, record["valid"][METRIC]))
 
-    result = train_artifact(dataset, cfg, out, force=True, progress=False, callback=mark, **options)
+    result = train_artifact(
+        dataset, cfg, out, force=True, progress=False, callback=mark, resume=resume, **options
+    )
+    if resume:  # the callback saw only the epochs after the checkpoint; the artifact's log has them all
+        logging.info("resumed %s from its checkpoint", out)
+        resumed = _finished(out, cfg)
+        assert resumed is not None
+        return resumed
     return Run(result.best_epoch, result.selection, result.test, marks)
 
 
@@ -152,9 +172,9 @@ def _finished(out: Path, cfg: TrainConfig) -> Run | None:
     """The run in artifact ``out`` if it was trained with ``cfg`` (resolved), else ``None``."""
     if not (out / "metrics.json").is_file():
         return None
-    if json.loads((out / "config.json").read_text()).get("config") != cfg.resolved().to_dict():
+    if read_json_object(out / "config.json").get("config") != cfg.resolved().to_dict():
         return None
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = read_json_object(out / "metrics.json")
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     seconds = list(itertools.accumulate(r["seconds"] for r in records))
     marks = [(t, r["valid"][METRIC]) for t, r in zip(seconds, records, strict=True) if "valid" in r]
@@ -183,13 +203,13 @@ def compare(
     cfg = config_from_dict(values)
     runs = workdir / "runs" / preset
     logging.info("%s: old model on %s (%s)", name, old, how)
-    timed(old, cfg, runs / f"{name}-old", reuse=reuse)
+    timed(old, cfg, runs / f"{name}-old", reuse_finished=reuse, resume=reuse)
     logging.info("%s: cold retrain on %s", name, full)
-    cold = timed(full, cfg, runs / f"{name}-cold", reuse=reuse)
+    cold = timed(full, cfg, runs / f"{name}-cold", reuse_finished=reuse, resume=reuse)
     parent = load_parent(runs / f"{name}-old", shrink)
     logging.info("%s: warm start from %s (shrink %s)", name, parent.artifact.path, shrink)
     warm_dir = runs / f"{name}-warm-shrink{shrink:g}"
-    warm = timed(full, parent.inherit_config({}), warm_dir, init_from=parent)
+    warm = timed(full, parent.inherit_config({}), warm_dir, resume=reuse, init_from=parent)
     cold_marks, warm_marks = cold.marks, warm.marks
 
     best = cold.selection[METRIC]
@@ -250,7 +270,8 @@ def main() -> None:
     parser.add_argument(
         "--reuse",
         action="store_true",
-        help="reuse the finished old and cold runs of this config in --workdir (to try another shrink)",
+        help="reuse the finished old and cold runs of this config in --workdir (to try another shrink); "
+        "resume any of the three runs from its checkpoint",
     )
     parser.add_argument(
         "--max-epochs", type=int, help="cap every run (a smoke run; default: the stopping rule)"
