@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 from torch_geometric.utils import to_torch_csr_tensor
 
@@ -112,10 +113,10 @@ def propagate(adj: Tensor, x: Tensor) -> Tensor:
 
 
 class _RowSpmm(torch.autograd.Function):
-    """``(A @ X)[rows]`` for a symmetric constant CSR ``A``, reading only those rows of ``A``."""
+    """``(X[rows], (A @ X)[rows])`` for a symmetric constant CSR ``A``, reading only those rows of ``A``."""
 
     @staticmethod
-    def forward(ctx: Any, adj: Tensor, rows: Tensor, x: Tensor) -> Tensor:
+    def forward(ctx: Any, adj: Tensor, rows: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         crow, col, val = adj.crow_indices(), adj.col_indices(), adj.values()
         starts = crow[rows]
         counts = crow[rows + 1] - starts
@@ -126,26 +127,37 @@ class _RowSpmm(torch.autograd.Function):
         index = torch.arange(total, device=crow.device) + torch.repeat_interleave(
             starts - ptr[:-1], counts, output_size=total
         )
-        sub_col, sub_val = col[index], val[index]
+        sliced = torch.sparse_csr_tensor(ptr, col[index], val[index], (rows.numel(), adj.size(1)))
         ctx.adj, ctx.rows = adj, rows
-        ctx.sliced = (ptr, sub_col, sub_val)
-        sliced = torch.sparse_csr_tensor(ptr, sub_col, sub_val, (rows.numel(), adj.size(1)))
-        return torch.sparse.mm(sliced, x, "sum")
+        return x[rows], torch.sparse.mm(sliced, x, "sum")
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[None, None, Tensor]:
-        # d/dX of A[rows] X applied to G is A[rows]^T G = A[:, rows] G (A is symmetric). The slice's CSR
-        # arrays are A[:, rows] in CSC form, with no conversion; their product reads only the slice, but it
-        # scatters its output, and above ~1/4 of the non-zeros the full product of A with G placed in its
-        # rows was faster (gowalla, 2 threads: 16 vs 22 ms at 17 % of the non-zeros, 58 vs 22 ms at 43 %).
+    @once_differentiable
+    def backward(ctx: Any, grad_x: Tensor | None, grad_ax: Tensor | None) -> tuple[None, None, Tensor]:
+        # d/dX of A[rows] X applied to G is A[rows]^T G = A[:, rows] G (A is symmetric). A[:, rows] is
+        # built as an (N, R) CSR straight from A's arrays: the non-zeros whose column is one of the rows,
+        # kept in A's order, which is already row-major. That is one pass over A's column indices, where
+        # converting the row slice to column-major cost a sort, as much as the product itself. The
+        # gather's gradient is added into the same (N, d) output: no zero-filled table, no sum of two.
         adj, rows = ctx.adj, ctx.rows
-        ptr, sub_col, sub_val = ctx.sliced
-        if sub_col.numel() * 4 < adj.values().numel():
-            sliced_t = torch.sparse_csc_tensor(ptr, sub_col, sub_val, (adj.size(0), rows.numel()))
-            return None, None, torch.sparse.mm(sliced_t, grad.contiguous())
-        full = torch.zeros(adj.size(0), grad.size(1), dtype=grad.dtype, device=grad.device)
-        full[rows] = grad
-        return None, None, torch.sparse.mm(adj, full, "sum")
+        crow, col, val = adj.crow_indices(), adj.col_indices(), adj.values()
+        num_nodes = adj.size(0)
+        if grad_ax is None:
+            assert grad_x is not None
+            out = torch.zeros(num_nodes, grad_x.size(1), dtype=grad_x.dtype, device=grad_x.device)
+        else:
+            member = torch.zeros(num_nodes, dtype=torch.bool, device=col.device)
+            member[rows] = True
+            kept = member[col].nonzero().squeeze(1).to(crow.dtype)
+            position = torch.empty(num_nodes, dtype=col.dtype, device=col.device)
+            position[rows] = torch.arange(rows.numel(), dtype=col.dtype, device=col.device)
+            columns = torch.sparse_csr_tensor(
+                torch.searchsorted(kept, crow), position[col[kept]], val[kept], (num_nodes, rows.numel())
+            )
+            out = torch.sparse.mm(columns, grad_ax.contiguous(), "sum")
+        if grad_x is not None:
+            out.index_add_(0, rows, grad_x)  # rows are unique: no two updates of one row
+        return None, None, out
 
 
 def propagate_rows(adj: Tensor, rows: Tensor, x: Tensor) -> Tensor:
@@ -153,7 +165,8 @@ def propagate_rows(adj: Tensor, rows: Tensor, x: Tensor) -> Tensor:
 
     Why: a training step's loss reads the last layer at the batch's nodes alone (on gowalla a batch of
     2,048 reads ~8 % of the nodes and ~17 % of the non-zeros), so the last layer need not be computed for
-    the others. The forward reads only those rows of ``A``.
+    the others. The forward reads only those rows of ``A``; the backward only the non-zeros of their
+    columns (plus one pass over the column indices to find them).
 
     Args:
         adj: Symmetric normalised adjacency (torch CSR), shape ``(N, N)``.
@@ -163,8 +176,26 @@ def propagate_rows(adj: Tensor, rows: Tensor, x: Tensor) -> Tensor:
     Returns:
         ``(A X)[rows]``, shape ``(R, d)``.
     """
-    out: Tensor = _RowSpmm.apply(adj, rows, x)
-    return out
+    return gather_and_propagate_rows(adj, rows, x)[1]
+
+
+def gather_and_propagate_rows(adj: Tensor, rows: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(X[rows], (A X)[rows])``: :func:`propagate_rows` and the input at the same rows, in one step.
+
+    Why: a layer-mean model reads the layer below the last at the batch's nodes too. Gathered apart, that
+    layer's gradient is scattered into a zero-filled ``(N, d)`` table and then summed with the product's;
+    here both land in one table.
+
+    Args:
+        adj: Symmetric normalised adjacency (torch CSR), shape ``(N, N)``.
+        rows: Sorted unique node indices, shape ``(R,)``, int64.
+        x: Node embeddings, shape ``(N, d)``.
+
+    Returns:
+        ``X[rows]`` and ``(A X)[rows]``, each of shape ``(R, d)``.
+    """
+    below, out = _RowSpmm.apply(adj, rows, x)
+    return below, out
 
 
 @dataclass(frozen=True)

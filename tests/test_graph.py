@@ -1,7 +1,7 @@
 import torch
 from torch_geometric.nn import LightGCN as PygLightGCN
 
-from recsys.graph import NodeOrder, build_graph, propagate, propagate_rows
+from recsys.graph import NodeOrder, build_graph, gather_and_propagate_rows, propagate, propagate_rows
 from recsys.models import LightGCN
 
 
@@ -104,17 +104,26 @@ def test_propagation_of_some_rows_equals_the_dense_product_forward_and_backward(
         torch.testing.assert_close(grad, expected_grad)
 
 
-def test_propagation_of_few_rows_of_a_large_graph_takes_the_sliced_backward():
-    # Few rows of many: the backward reads the slice as CSC (below a quarter of the non-zeros).
+def test_gathered_and_propagated_rows_equal_the_dense_computation_forward_and_backward():
+    # Both outputs read, one, or the other: the backward builds A[:, rows] from A's arrays and adds the
+    # gather's gradient into the same table.
     torch.manual_seed(0)
     num_users, num_items = 200, 300
     train = torch.unique(
         torch.stack([torch.randint(num_users, (3000,)), torch.randint(num_items, (3000,))]), dim=1
     )
     adj64 = build_graph(train, num_users, num_items).adj.to(torch.float64)
-    rows = torch.tensor([3, 17, 250, 401])
+    dense = adj64.to_dense()
     x = torch.randn(num_users + num_items, 4, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(4, 4, dtype=torch.float64)
-    (grad,) = torch.autograd.grad((propagate_rows(adj64, rows, x) * w).sum(), x)
-    (expected,) = torch.autograd.grad(((adj64.to_dense() @ x)[rows] * w).sum(), x)
-    torch.testing.assert_close(grad, expected)
+    for rows in (torch.tensor([3, 17, 250, 401]), torch.arange(0, 500, 2), torch.arange(500)):
+        below, last = gather_and_propagate_rows(adj64, rows, x)
+        torch.testing.assert_close(below, x[rows])
+        torch.testing.assert_close(last, (dense @ x)[rows])
+        w_below, w_last = torch.randn_like(below), torch.randn_like(last)
+        for read in ((0, 1), (0,), (1,)):  # a term not read gets no gradient at all (None)
+            outputs = gather_and_propagate_rows(adj64, rows, x)
+            expected_outputs = (x[rows], (dense @ x)[rows])
+            weights = (w_below, w_last)
+            (grad,) = torch.autograd.grad(sum((outputs[i] * weights[i]).sum() for i in read), x)
+            (expected,) = torch.autograd.grad(sum((expected_outputs[i] * weights[i]).sum() for i in read), x)
+            torch.testing.assert_close(grad, expected)

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
-from recsys.graph import propagate, propagate_rows
+from recsys.graph import gather_and_propagate_rows, propagate, propagate_rows
 from recsys.models.base import EmbeddingModel, Embeddings, Rows, Views, uniform_noise
+
+
+class Layers(NamedTuple):
+    """Layers ``0..L`` of one propagation, as the model reads them and as computed for every node.
+
+    ``output``: at the rows asked for, if any. ``whole``: every node's (all but the last layer when rows were
+    asked for, since the last one is computed at those rows alone).
+    """
+
+    output: list[Tensor]
+    whole: list[Tensor]
 
 
 class LightGCN(EmbeddingModel):
@@ -40,22 +53,21 @@ class LightGCN(EmbeddingModel):
         noise_eps: float = 0.0,
         generator: torch.Generator | None = None,
         rows: Rows | None = None,
-    ) -> list[Tensor]:
+    ) -> Layers:
         """Node embeddings of layers ``0..L``; with ``noise_eps > 0`` each propagated layer is perturbed.
 
-        With ``rows``, the last layer (and its noise) is computed for those nodes only, shape ``(R, d)``;
-        the layers below stay whole, ``(N, d)``, because the last one reads their neighbours.
+        With ``rows``, the output layers are those nodes' only, shape ``(R, d)``, and the last layer (and
+        its noise) is computed there alone; the layers below are computed whole, ``(N, d)``, because the
+        last one reads their neighbours, and are kept in ``whole``.
         """
-        out = [self.ego()]
-        for layer in range(1, self.num_layers + 1):
-            if rows is not None and layer == self.num_layers:
-                x = propagate_rows(adj, rows.nodes, out[-1])
-            else:
-                x = propagate(adj, out[-1])
-            if noise_eps:
-                x = x + uniform_noise(x, noise_eps, generator)
-            out.append(x)
-        return out
+        whole = [self.ego()]
+        for _ in range(1, self.num_layers if rows is not None else self.num_layers + 1):
+            whole.append(_perturbed(propagate(adj, whole[-1]), noise_eps, generator))
+        if rows is None:
+            return Layers(whole, whole)
+        below, last = gather_and_propagate_rows(adj, rows.nodes, whole[-1])
+        output = [layer[rows.nodes] for layer in whole[:-1]] + [below, _perturbed(last, noise_eps, generator)]
+        return Layers(output, whole)
 
     def forward(
         self,
@@ -67,7 +79,7 @@ class LightGCN(EmbeddingModel):
     ) -> Views:
         """Mean of layers ``0..L`` (``perturbed`` is ignored: plain LightGCN has no noise)."""
         assert adj is not None, "LightGCN needs the normalised adjacency"
-        return Views(self.split(_mean(_at(self.layers(adj, rows=rows), rows)), rows))
+        return Views(self.split(_mean(self.layers(adj, rows=rows).output), rows))
 
     def __repr__(self) -> str:
         return f"{super().__repr__()[:-1]}, num_layers={self.num_layers})"
@@ -105,8 +117,8 @@ class SimGCL(LightGCN):
     ) -> Views:
         """Mean of layers ``1..L``, perturbed when asked (one call = one view)."""
         assert adj is not None, "SimGCL needs the normalised adjacency"
-        layers = self.layers(adj, self.noise_eps if perturbed else 0.0, generator, rows)
-        return Views(self.split(_mean(_at(layers, rows)[1:]), rows))
+        layers = self.layers(adj, self.noise_eps if perturbed else 0.0, generator, rows).output
+        return Views(self.split(_mean(layers[1:]), rows))
 
     def clean_and_perturbed(
         self, adj: Tensor, count: int, generator: torch.Generator | None = None, rows: Rows | None = None
@@ -127,8 +139,10 @@ class SimGCL(LightGCN):
         full propagation forward and backward (12 sparse products per SimGCL step become 6 for L = 2).
         With ``rows``, every output and the last layer's offsets are computed for those nodes only.
         """
-        layers = self.layers(adj, rows=rows)[1:]
-        clean = _mean(_at(layers, rows))
+        computed = self.layers(adj, rows=rows)
+        clean = _mean(computed.output[1:])
+        # Each layer where the offsets need it: whole below the last, at the rows for the last.
+        layers = computed.whole[1:] if rows is None else computed.whole[1:] + computed.output[-1:]
         views = []
         for _ in range(count):
             with torch.no_grad():
@@ -187,7 +201,7 @@ class XSimGCL(LightGCN):
     ) -> Views:
         """``Views(final, cl)``; ``cl`` is layer l* of the same pass (perturbed iff ``perturbed``)."""
         assert adj is not None, "XSimGCL needs the normalised adjacency"
-        layers = _at(self.layers(adj, self.noise_eps if perturbed else 0.0, generator, rows), rows)
+        layers = self.layers(adj, self.noise_eps if perturbed else 0.0, generator, rows).output
         return Views(self.split(_mean(layers[1:]), rows), self.split(layers[self.cl_layer], rows))
 
 
@@ -196,6 +210,11 @@ def _at(layers: list[Tensor], rows: Rows | None) -> list[Tensor]:
     if rows is None:
         return layers
     return [layer[rows.nodes] for layer in layers[:-1]] + [layers[-1]]
+
+
+def _perturbed(layer: Tensor, noise_eps: float, generator: torch.Generator | None) -> Tensor:
+    """The layer plus SimGCL's noise (a constant for autograd); the layer itself when ``noise_eps`` is 0."""
+    return layer + uniform_noise(layer, noise_eps, generator) if noise_eps else layer
 
 
 def _mean(layers: list[Tensor]) -> Tensor:
