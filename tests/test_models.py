@@ -4,7 +4,7 @@ from recsys.config import TrainConfig
 from recsys.graph import build_graph
 from recsys.losses import bpr_loss, l2_reg
 from recsys.model_registry import CONTRASTIVE_FIELDS, MODELS, contrastive_models
-from recsys.models import MF, LightGCN, SimGCL, XSimGCL, build_model, uniform_noise
+from recsys.models import MF, LightGCN, SimGCL, XSimGCL, build_model, perturb, uniform_noise
 from recsys.objectives import OBJECTIVES, Batch, batch_rows
 from recsys.sampling import NegativeSampler
 
@@ -19,6 +19,14 @@ def test_noise_has_norm_eps_and_the_sign_of_the_embedding():
     noise = uniform_noise(x, 0.2, torch.Generator().manual_seed(0))
     torch.testing.assert_close(noise.norm(dim=1), torch.full((50,), 0.2))
     assert ((noise * x) >= 0).all()
+
+
+def test_perturb_adds_the_same_noise_in_one_pass():
+    x = torch.randn(40, 12)
+    x[3] = 0.0
+    expected = x + uniform_noise(x, 0.2, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(perturb(x, 0.2, torch.Generator().manual_seed(5)), expected)
+    assert (perturb(x, 0.2)[3] == 0).all()
 
 
 def test_repr_and_shapes():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from recsys.config import TrainConfig
-from recsys.models.base import EmbeddingModel, Embeddings, Rows, Views, uniform_noise
+from recsys.models.base import EmbeddingModel, Embeddings, Rows, Views, perturb, uniform_noise
 from recsys.models.lightgcn import LightGCN, SimGCL, XSimGCL
 from recsys.models.mf import MF
 
@@ -32,5 +32,6 @@ __all__ = [
     "Views",
     "XSimGCL",
     "build_model",
+    "perturb",
     "uniform_noise",
 ]

@@ -108,14 +108,7 @@ def uniform_noise(x: Tensor, eps: float, generator: torch.Generator | None = Non
     Each row of the result has L2 norm ``eps`` and the sign pattern of ``x``, so the perturbed embedding
     stays in the same hyperoctant (the noise rotates it by a bounded angle). The noise is a constant for
     autograd (``sign`` has zero gradient), so it is built in place without a graph: adding it costs the
-    backward pass nothing.
-
-    Why the uniforms come from 64-bit random integers: on CPU ``torch.rand`` of a gowalla-sized
-    ``(70k, 64)`` table took 32-46 ms here (a quarter of an XSimGCL step), while ``torch.randint`` over the
-    full int64 range fills the same bytes several times faster. Each int64 is read as four uniform int16s,
-    shifted to ``[0, 2^16)``; the scale is irrelevant because every row is normalised, and 16 bits of
-    resolution are far finer than anything a random direction needs. The sign is applied with ``copysign``
-    rather than a multiplication by ``torch.sign(x)``, which on CPU cost more than drawing the numbers.
+    backward pass nothing. :func:`perturb` adds it to ``x`` in the same pass as its scaling.
 
     Args:
         x: Embeddings, shape ``(N, d)``.
@@ -123,20 +116,39 @@ def uniform_noise(x: Tensor, eps: float, generator: torch.Generator | None = Non
         generator: Optional generator for reproducible noise.
 
     Returns:
-        The noise, shape ``(N, d)`` (not added to ``x``; callers add it out of place).
+        The noise, shape ``(N, d)`` (not added to ``x``).
     """
     with torch.no_grad():
-        rows, dim = x.shape
-        bits = torch.randint(
-            -(2**63),
-            2**63 - 1,
-            (rows, (dim + 3) // 4),
-            generator=generator,
-            device=x.device,
-            dtype=torch.int64,
-        )
-        noise = bits.view(torch.int16)[:, :dim].to(x.dtype).add_(2.0**15)
-        noise.mul_(eps / noise.norm(dim=-1, keepdim=True).clamp_min_(1e-12))
-        # sign(x) * noise, as copysign (one pass; torch.sign alone was slower than the rest of the noise),
-        # and 0 where x is exactly 0 (sign(0) = 0: an isolated node's zero row gets no noise).
-        return torch.copysign(noise, x, out=noise).masked_fill_(x == 0, 0.0)
+        noise, scale = _signed_draws(x, generator)
+        return noise.mul_(scale.mul_(eps))
+
+
+def perturb(x: Tensor, eps: float, generator: torch.Generator | None = None) -> Tensor:
+    """``x + uniform_noise(x, eps, generator)``, the noise scaled and added in one pass (same draws)."""
+    with torch.no_grad():
+        noise, scale = _signed_draws(x, generator)
+    return torch.addcmul(x, noise, scale.mul_(eps))
+
+
+def _signed_draws(x: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """Uniform draws with the signs of ``x`` (0 where ``x`` is 0), and each row's inverse norm.
+
+    Why the uniforms come from 64-bit random integers: on CPU ``torch.rand`` of a gowalla-sized
+    ``(70k, 64)`` table took 32-46 ms here (a quarter of an XSimGCL step), while ``torch.randint`` over the
+    full int64 range fills the same bytes several times faster. Each int64 is read as four uniform uint16s in
+    ``[0, 2^16)``; the scale is irrelevant because every row is normalised, and 16 bits of resolution are far
+    finer than anything a random direction needs. The sign is applied with ``copysign`` rather than a
+    multiplication by ``torch.sign(x)``, which on CPU cost more than drawing the numbers. ``sign(0) = 0``:
+    an isolated node's zero row gets no noise; the pass that finds zeros is skipped when a count of
+    non-zeros says there are none.
+    """
+    rows, dim = x.shape
+    bits = torch.randint(
+        -(2**63), 2**63 - 1, (rows, (dim + 3) // 4), generator=generator, device=x.device, dtype=torch.int64
+    )
+    noise = bits.view(torch.uint16)[:, :dim].to(x.dtype)
+    scale = noise.norm(dim=-1, keepdim=True).clamp_min_(1e-12).reciprocal_()
+    torch.copysign(noise, x, out=noise)
+    if int(torch.count_nonzero(x)) < x.numel():
+        noise.masked_fill_(x == 0, 0.0)
+    return noise, scale

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from recsys.graph import gather_and_propagate_rows, propagate, propagate_rows
-from recsys.models.base import EmbeddingModel, Embeddings, Rows, Views, uniform_noise
+from recsys.models.base import EmbeddingModel, Embeddings, Rows, Views, perturb, uniform_noise
 
 
 class Layers(NamedTuple):
@@ -214,7 +214,7 @@ def _at(layers: list[Tensor], rows: Rows | None) -> list[Tensor]:
 
 def _perturbed(layer: Tensor, noise_eps: float, generator: torch.Generator | None) -> Tensor:
     """The layer plus SimGCL's noise (a constant for autograd); the layer itself when ``noise_eps`` is 0."""
-    return layer + uniform_noise(layer, noise_eps, generator) if noise_eps else layer
+    return perturb(layer, noise_eps, generator) if noise_eps else layer
 
 
 def _mean(layers: list[Tensor]) -> Tensor:
