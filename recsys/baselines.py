@@ -185,7 +185,7 @@ def expected_random(
     masked_rows, masked_items = masked.keys // num_items, masked.keys % num_items
     n = (num_items - masked.indptr.diff()).to(f64)  # candidates per user
     rel_rows, rel_items = truth.keys.keys // num_items, truth.keys.keys % num_items
-    rel_free = ~torch.isin(truth.keys.keys, masked.keys)  # relevant and not masked: can be recommended
+    rel_free = ~masked.contains(truth.keys.keys)  # relevant and not masked: can be recommended
     num_relevant = truth.num_relevant.to(f64)
     g = torch.bincount(rel_rows[rel_free], minlength=num_rows).to(f64)
     k_t = torch.tensor(ks, dtype=f64, device=device)

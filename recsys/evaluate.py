@@ -15,12 +15,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from recsys.artifact import check_dataset, embedding_problems, load_artifact
+from recsys.artifact import check_dataset, embedding_problems, load_artifact_model
 from recsys.baselines import (
     BASELINES,
     DEFAULT_BASELINES,
@@ -31,7 +31,6 @@ from recsys.baselines import (
 from recsys.dataset import Dataset, load_dataset
 from recsys.errors import InputError
 from recsys.geometry import embedding_geometry
-from recsys.graph_filter import GraphFilter, GraphFilterConfig
 from recsys.metrics import DEFAULT_KS, check_ks
 from recsys.protocol import Protocol, excluded_splits, parse_protocol, selection_split, training_splits
 from recsys.ranking import GroundTruth, ListMeasure, RankingResult, full_ranking
@@ -39,6 +38,9 @@ from recsys.report import EvaluationReport, ReportRow
 from recsys.scoring import EmbeddingScorer
 from recsys.segments import define_segments
 from recsys.topk import ChunkedPairs, excluded_pairs
+
+if TYPE_CHECKING:
+    from recsys.graph_filter import GraphFilterConfig
 
 logger = logging.getLogger(__name__)
 
@@ -196,6 +198,8 @@ def _graph_filter(
     shared: dict[str, Any],
 ) -> tuple[RankingResult, dict[str, Any]]:
     """Fit the graph filter on the training data, tune it on the selection split, rank the evaluated split."""
+    from recsys.graph_filter import GraphFilter, GraphFilterConfig  # here: only this row needs the module
+
     cfg = config or GraphFilterConfig(seed=seed)
     start = time.perf_counter()
     gf = GraphFilter(training, dataset.num_users, dataset.num_items, cfg)
@@ -247,7 +251,8 @@ def evaluate_artifact(
     """Load an artifact as serving does, check it was trained on the dataset, and :func:`evaluate_split` it.
 
     Args:
-        artifact_dir: The artifact (validated by :func:`recsys.artifact.load_artifact`).
+        artifact_dir: The artifact (validated by :func:`recsys.artifact.load_artifact_model`: the checks of
+            serving's :func:`~recsys.artifact.load_artifact`, without reading the id maps it ranks no ids of).
         dataset_dir: The dataset directory.
         protocol: The protocol; default: the one the artifact was trained under.
         allow_other_dataset: Turn a dataset digest mismatch into a logged warning.
@@ -257,7 +262,7 @@ def evaluate_artifact(
     Raises:
         InputError: a bad artifact, a dataset that does not match it, or a bad option.
     """
-    artifact = load_artifact(Path(artifact_dir))
+    artifact = load_artifact_model(Path(artifact_dir))
     dataset = load_dataset(Path(dataset_dir))
     warning = check_dataset(artifact, dataset, allow_other=allow_other_dataset)
     if warning:

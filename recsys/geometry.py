@@ -64,10 +64,10 @@ def uniformity(emb: Tensor, *, max_points: int = MAX_POINTS, seed: int = 0, chun
     for start in range(0, n, chunk):
         # Only the columns from ``start`` on: the pairs left of them were counted by earlier chunks.
         block = x[start : start + chunk] @ x[start:].t()  # (b, n - start) cosine similarities
-        rows = torch.arange(block.size(0)).unsqueeze(1)
-        upper = torch.arange(block.size(1)).unsqueeze(0) > rows  # each pair once, no self-pairs
-        potential = torch.exp(UNIFORMITY_T * (2.0 * block.double() - 2.0))
-        total += float(potential[upper].sum())
+        potential = block.double().mul_(2.0).sub_(2.0).mul_(UNIFORMITY_T).exp_()  # in place: no temporaries
+        # Each pair once, no self-pairs: row r's columns after r, in order. Row slices, as a boolean mask of
+        # the upper triangle would pick them, at a fraction of its cost (the same values, so the same sum).
+        total += float(torch.cat([row[r + 1 :] for r, row in enumerate(potential)]).sum())
     return math.log(total / (n * (n - 1) / 2))
 
 

@@ -44,8 +44,11 @@ class ChunkedPairs:
 
     def __init__(self, pairs: Tensor, users: Tensor, num_users: int, num_items: int) -> None:
         rows = user_positions(users, num_users)[pairs[0]]
+        keys = rows * num_items + pairs[1]
         keep = rows >= 0
-        self.keys = torch.unique(rows[keep] * num_items + pairs[1][keep])  # sorted
+        if not bool(keep.all()):  # one boolean gather, and none when every pair's user is in ``users``
+            keys = keys[keep]
+        self.keys = torch.unique(keys)  # sorted
         bounds = torch.arange(users.numel() + 1, device=pairs.device) * num_items
         self.indptr = torch.searchsorted(self.keys, bounds)
         self.users = users
@@ -55,6 +58,16 @@ class ChunkedPairs:
     def chunk(self, start: int, end: int) -> Tensor:
         """Keys of rows ``start..end-1`` relative to row ``start``, shape ``(E_chunk,)``."""
         return self.keys[self._ptr[start] : self._ptr[end]] - start * self.num_items
+
+    def contains(self, keys: Tensor) -> Tensor:
+        """Whether each of ``keys`` (in this key form) is one of the pairs: ``torch.isin(keys, self.keys)``.
+
+        One binary search per key in the sorted keys, where ``isin`` sorts both sets together.
+        """
+        if self.keys.numel() == 0:
+            return torch.zeros(keys.shape, dtype=torch.bool, device=keys.device)
+        found = torch.searchsorted(self.keys, keys).clamp_(max=self.keys.numel() - 1)
+        return self.keys[found] == keys
 
 
 def excluded_pairs(

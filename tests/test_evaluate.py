@@ -3,17 +3,24 @@
 import hashlib
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
+from dataclasses import fields
 
+import numpy as np
+import polars as pl
 import pytest
 import torch
 from toy_artifact import random_artifact
 
 from pipelines import IngestConfig, ingest
 from pipelines.readers import LogSpec
+from recsys.artifact import ArtifactModel, load_artifact, load_artifact_model
 from recsys.baselines import PopularityScorer, RandomScorer
 from recsys.cli import main
-from recsys.dataset import Dataset
+from recsys.dataset import Dataset, load_dataset
 from recsys.errors import InputError
 from recsys.evaluate import evaluate_split
 from recsys.metrics import ranking_metrics
@@ -21,7 +28,7 @@ from recsys.protocol import Protocol, excluded_splits, training_splits
 from recsys.ranking import GroundTruth, evaluate_embeddings, full_ranking, topk_items
 from recsys.report import format_report, write_report
 from recsys.scoring import EmbeddingScorer, FunctionScorer
-from recsys.topk import TOPK_BLOCK, auto_batch_size, excluded_pairs, topk_rows
+from recsys.topk import TOPK_BLOCK, ChunkedPairs, auto_batch_size, excluded_pairs, topk_rows
 
 NUM_USERS, NUM_ITEMS, DIM = 25, 40, 8
 
@@ -357,6 +364,91 @@ def test_cli_evaluate_baselines_only_and_errors(tiny_dataset, tmp_path, capsys) 
         main(["evaluate", "--dataset", str(tiny_dataset), "--k", "0,5"])
 
 
+def test_the_evaluate_command_ends_at_once_with_its_output_written(tiny_dataset, tmp_path) -> None:
+    """Run as a process, `recsys evaluate` skips the interpreter's teardown (os._exit) once its handler has
+    returned, so its streams and its JSON must be complete by then. It loads neither polars nor pandas."""
+    artifact = tmp_path / "run"
+    random_artifact(tiny_dataset, artifact)
+    out = tmp_path / "eval.json"
+    args = ["evaluate", "--artifact", str(artifact), "--dataset", str(tiny_dataset), "--k", "5"]
+    # Buffered stdout (a pipe, PYTHONUNBUFFERED unset), as under a benchmark or CI: lost if not flushed.
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-X", "importtime", "-m", "recsys.cli"]
+    done = subprocess.run(
+        [*command, *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("protocol honest") and done.stdout.endswith(f"wrote {out}\n")
+    assert "popular on test (honest): recall@5" in done.stderr  # the log, flushed before the exit
+    assert json.loads(out.read_text())["ks"] == [5]
+    imported = {
+        line.rpartition("|")[2].strip() for line in done.stderr.splitlines() if "import time:" in line
+    }
+    assert "torch" in imported and "recsys.evaluate" in imported
+    assert not any(name.partition(".")[0] in ("polars", "pandas") for name in imported)
+    missing = [*command[:1], "-m", "recsys.cli", *args[:2], str(tmp_path / "missing"), *args[3:]]
+    done = subprocess.run(missing, capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert done.returncode == 1 and done.stderr.startswith("recsys evaluate: error: ")
+
+
+def test_evaluation_loads_the_artifact_as_serving_does_but_the_id_maps(tiny_dataset, tmp_path) -> None:
+    """`load_artifact_model`: the fields and checks of `load_artifact`, the id maps' sizes from footers."""
+    artifact = tmp_path / "run"
+    random_artifact(tiny_dataset, artifact)
+    full, model = load_artifact(artifact), load_artifact_model(artifact)
+    assert type(model) is ArtifactModel and isinstance(full, ArtifactModel)
+    for part in fields(ArtifactModel):
+        mine, served = getattr(model, part.name), getattr(full, part.name)
+        if isinstance(served, torch.Tensor):
+            assert mine.dtype == served.dtype and torch.equal(mine, served)
+        elif isinstance(served, np.ndarray):
+            assert mine.dtype == served.dtype and np.array_equal(mine, served)
+        else:
+            assert mine == served
+    assert (model.model_name, model.protocol, model.artifact_id) == (
+        full.model_name,
+        full.protocol,
+        full.artifact_id,
+    )
+    users = artifact / "users.parquet"
+    pl.read_parquet(users).head(3).write_parquet(users)  # readable, but of another size
+    with pytest.raises(InputError) as served_error:
+        load_artifact(artifact)
+    with pytest.raises(InputError) as model_error:
+        load_artifact_model(artifact)
+    assert "inconsistent artifact" in str(served_error.value)
+    assert str(model_error.value) == str(served_error.value)
+    users.write_bytes(b"not parquet")
+    for load in (load_artifact, load_artifact_model):
+        with pytest.raises(InputError, match="users.parquet|cannot read the id maps"):
+            load(artifact)
+
+
+def test_load_dataset_reads_the_pairs_polars_reads(tiny_dataset, tmp_path) -> None:
+    """pyarrow reads the splits (it loads faster than polars imports): the same int64 tensors."""
+    data = load_dataset(tiny_dataset)
+    for name in ("train", "valid", "test"):
+        frame = pl.read_parquet(tiny_dataset / f"{name}.parquet", columns=["user_idx", "item_idx"])
+        expected = torch.from_numpy(frame.select("user_idx", "item_idx").to_numpy().T.copy()).to(torch.int64)
+        pairs = data.split(name)
+        assert pairs.dtype == torch.int64 and pairs.is_contiguous() and torch.equal(pairs, expected)
+    sizes = [pl.read_parquet(tiny_dataset / f"{name}.parquet").height for name in ("users", "items")]
+    assert [data.num_users, data.num_items] == sizes
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dataset, broken)
+    pl.read_parquet(broken / "test.parquet").drop("item_idx").write_parquet(broken / "test.parquet")
+    with pytest.raises(InputError, match=r"cannot read the dataset: .*item_idx"):
+        load_dataset(broken)
+    (broken / "items.parquet").write_bytes(b"not parquet")
+    with pytest.raises(InputError, match="cannot read the dataset"):
+        load_dataset(broken)
+
+
 def test_topk_rows_prefilter_equals_torch_topk() -> None:
     g = torch.Generator().manual_seed(0)
     scores = torch.randn(60, 2021, generator=g)  # 63 blocks of 32 and a ragged tail of 5
@@ -460,3 +552,30 @@ def test_masked_pairs_prepared_once_serve_every_row(toy) -> None:
     assert prepared == full_ranking(scorer, toy["test"], exclude=exclude, **options).metrics
     with pytest.raises(ValueError, match="other users"):
         topk_items(scorer, torch.arange(5), 3, num_users=NUM_USERS, num_items=NUM_ITEMS, exclude=masked)
+
+
+def test_chunked_pairs_keys_of_all_or_some_users() -> None:
+    """The sorted keys ``pos * num_items + item`` of the pairs of ``users``, duplicates dropped."""
+    g = torch.Generator().manual_seed(2)
+    pairs = torch.stack(
+        [torch.randint(0, 40, (500,), generator=g), torch.randint(0, 30, (500,), generator=g)]
+    )
+    for users in (torch.arange(40), torch.arange(0, 40, 3)):  # every pair kept; some dropped
+        rows = torch.full((40,), -1)
+        rows[users] = torch.arange(users.numel())
+        kept = rows[pairs[0]] >= 0
+        expected = torch.unique(rows[pairs[0]][kept] * 30 + pairs[1][kept])
+        assert torch.equal(ChunkedPairs(pairs, users, 40, 30).keys, expected)
+
+
+def test_chunked_pairs_contains_is_isin() -> None:
+    """The binary search `expected_random` uses for the masked relevant pairs answers as torch.isin does."""
+    g = torch.Generator().manual_seed(3)
+    users = torch.arange(0, 40, 2)
+    for num_pairs in (0, 1, 300):
+        pairs = torch.stack(
+            [torch.randint(0, 40, (num_pairs,), generator=g), torch.randint(0, 30, (num_pairs,), generator=g)]
+        )
+        masked = excluded_pairs(pairs, users, 40, 30)
+        queries = torch.cat([masked.keys, torch.randint(-5, users.numel() * 30 + 5, (500,), generator=g)])
+        assert torch.equal(masked.contains(queries), torch.isin(queries, masked.keys))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from recsys.geometry import alignment, uniformity
+from recsys.geometry import UNIFORMITY_T, alignment, uniformity
 from recsys.ranking import full_ranking, topk_items
 from recsys.scoring import EmbeddingScorer
 from recsys.segments import ITEM_SEGMENTS, USER_SEGMENTS, define_segments, gini
@@ -106,6 +106,24 @@ def test_segment_metrics_equal_naive_per_user_loops() -> None:
     assert result.metrics[f"popularity@{k}"] == pytest.approx(
         sum(pop[i] for u in evaluated for i in lists[u]) / slots
     )
+
+
+def test_uniformity_sums_the_pairs_a_triangle_mask_picks_bit_for_bit() -> None:
+    """The row slices gather the upper triangle as a boolean mask did, so the sum is the same float."""
+
+    def masked(emb: torch.Tensor, chunk: int) -> float:  # the computation the row slices replaced
+        x = torch.nn.functional.normalize(emb.float(), dim=1)
+        n, total = x.size(0), 0.0
+        for start in range(0, n, chunk):
+            block = x[start : start + chunk] @ x[start:].t()
+            upper = torch.arange(block.size(1)).unsqueeze(0) > torch.arange(block.size(0)).unsqueeze(1)
+            total += float(torch.exp(UNIFORMITY_T * (2.0 * block.double() - 2.0))[upper].sum())
+        return math.log(total / (n * (n - 1) / 2))
+
+    g = torch.Generator().manual_seed(5)
+    for n, chunk in ((2, 1024), (300, 1024), (300, 7), (1025, 1024), (2048, 1024), (2048, 300)):
+        emb = torch.randn(n, 16, generator=g)
+        assert uniformity(emb, chunk=chunk) == masked(emb, chunk)
 
 
 def test_alignment_and_uniformity_equal_naive_loops() -> None:

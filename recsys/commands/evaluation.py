@@ -1,8 +1,8 @@
 """``recsys evaluate`` and ``recsys report``: full-ranking metrics of an artifact, as a table or a page.
 
 Both load the evaluation stack once, in :func:`_import_evaluation` (when argparse converts ``--baselines``),
-with the garbage collector paused. Neither loads Ray, serving or torch_geometric, and only ``report`` loads
-matplotlib (in its handler), so ``recsys evaluate`` starts fast.
+with the garbage collector paused. Neither loads Ray, serving, torch_geometric or polars, and only ``report``
+loads matplotlib (in its handler), so ``recsys evaluate`` starts fast.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _ks(text: str) -> tuple[int, ...]:
 
 
 def _import_evaluation() -> None:
-    """Import the evaluation stack (torch, numpy, polars) once, with the cyclic garbage collector paused.
+    """Import the evaluation stack (torch, numpy) once, with the cyclic garbage collector paused.
 
     Importing torch creates ~180k objects that live until the process ends. Left to the collector, they are
     walked by every collection while they load and again by the collections at interpreter exit, a large
