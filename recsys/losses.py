@@ -46,9 +46,10 @@ def info_nce(view_a: Tensor, view_b: Tensor, temperature: float) -> Tensor:
     return loss
 
 
-# Rows of the logit matrix computed at a time: a block this size stays in a core's cache while it is
-# exponentiated and multiplied into both gradients (n = 1,900: 34 rows).
-_BLOCK_BYTES = 256 * 1024
+# Bytes of the logit matrix computed at a time, per thread: a block this size stays in the cores' caches
+# while it is exponentiated and multiplied into both gradients (n = 1,900, 2 threads: 137 rows). Smaller
+# blocks pay the per-operation and thread start-up overheads too often.
+_BLOCK_BYTES_PER_THREAD = 512 * 1024
 
 
 class _InBatchInfoNCE(torch.autograd.Function):
@@ -71,7 +72,8 @@ class _InBatchInfoNCE(torch.autograd.Function):
         scaled = a * (1.0 / temperature)
         log_sum = torch.empty(n, dtype=a.dtype, device=a.device)
         grad_a, grad_b = torch.empty_like(a), torch.zeros_like(b)
-        step = max(1, _BLOCK_BYTES // max(1, n * a.element_size()))
+        block_bytes = _BLOCK_BYTES_PER_THREAD * torch.get_num_threads()
+        step = max(1, block_bytes // max(1, n * a.element_size()))
         for start in range(0, n, step):
             stop = min(start + step, n)
             block = torch.mm(scaled[start:stop], b.T)
@@ -144,6 +146,7 @@ def info_nce_metanode(
     second_order: bool = True,
     key_weight: Tensor | None = None,
     detach_keys: bool = False,
+    order: Tensor | None = None,
 ) -> Tensor:
     r"""Meta-node estimate of :func:`info_nce_full`: the N keys enter the denominator as K cluster means.
 
@@ -155,8 +158,7 @@ def info_nce_metanode(
         m_k = \frac{1}{n_k} \sum_{c(v)=k} \omega_v k_v, \qquad
         s^2_{kj} = \frac{1}{n_k} \sum_{c(v)=k} \omega_v (k_{vj} - m_{kj})^2
 
-    (:math:`m_k` is the mean of unit vectors and is *not* renormalised; :math:`s^2` is computed centred, in
-    two passes). The logits are
+    (:math:`m_k` is the mean of unit vectors and is *not* renormalised). The logits are
 
     .. math::
         \ell_{uk} = \log n_k + \frac{a_u \cdot m_k}{\tau}
@@ -171,7 +173,14 @@ def info_nce_metanode(
     The positive term is exact. The first order uses :math:`E[e^x] \approx e^{E x}` within a cluster (a
     lower bound, by Jensen), the second order :math:`e^{E x + \operatorname{Var} x / 2}` with the diagonal of
     the cluster covariance. With K = N and :math:`c(v) = v` the estimate equals :math:`\mathcal{L}_{full}`,
-    gradients included. Cost ``O(N d + B K d)`` time and ``O(B K + K d)`` memory.
+    gradients included. Cost ``O(N d + B K d)`` time and ``O(N d + B K + K d)`` memory.
+
+    Computed by :class:`_MetanodeInfoNCE`. The variance is taken in one pass, :math:`s^2 = E[k^2] - m^2`,
+    so its rounding error is relative to :math:`E[k_j^2]` rather than to :math:`s^2_{kj}`: a logit moves by
+    at most about :math:`(n_k + 3)\,\varepsilon \max_j E_k[k_j^2] / (2\tau^2)` (ε = 2⁻²⁴ in float32; the
+    sum's worst case, ~√n_k times less in practice). On clustered float32 data the loss and the gradients
+    are as close to a float64 computation as the centred two-pass form's, about 1e-7 and 1e-6 relative
+    (``tests/test_metanode.py``).
 
     Args:
         anchors: Anchor rows, shape ``(B, d)``.
@@ -186,6 +195,8 @@ def info_nce_metanode(
         detach_keys: No gradient through :math:`m_k` and :math:`s^2` (the negatives then move only the
             anchors; the positive term keeps its gradient). Skips the ``(N, d)`` backward of the cluster
             statistics.
+        order: Optional ``torch.argsort(assignment)``, the keys grouped by cluster (any order within a
+            cluster); computed here when absent. Pass it when the assignment is reused across steps.
 
     Returns:
         The loss, a 0-dim tensor.
@@ -194,33 +205,224 @@ def info_nce_metanode(
         shape = tuple(assignment.shape)
         msg = f"assignment must have shape ({keys.size(0)},), one cluster per key, got {shape}"
         raise ValueError(msg)
-    a, k = F.normalize(anchors, dim=1), F.normalize(keys, dim=1)
-    weight = None if key_weight is None else key_weight.detach().to(k.dtype)
-    if weight is None:  # uniform: skip the (N, d) products by ω = 1
-        mass = torch.bincount(assignment, minlength=num_clusters).to(k.dtype)
-    else:
-        mass = torch.zeros(num_clusters, dtype=k.dtype, device=k.device).index_add_(0, assignment, weight)
-    empty = mass <= 0
-    safe_mass = torch.where(empty, torch.ones_like(mass), mass)  # empty clusters: m = s² = 0, then -inf
+    if order is None:
+        order = torch.argsort(assignment, stable=True)
+    elif order.shape != assignment.shape:
+        msg = f"order must have the assignment's shape {tuple(assignment.shape)}, got {tuple(order.shape)}"
+        raise ValueError(msg)
+    weight = None if key_weight is None else key_weight.detach()
+    loss: Tensor = _MetanodeInfoNCE.apply(
+        anchors,
+        keys,
+        positive_index,
+        assignment,
+        order,
+        weight,
+        temperature,
+        num_clusters,
+        second_order,
+        detach_keys,
+    )
+    return loss
 
-    def cluster_mean(values: Tensor) -> Tensor:  # (N, d) -> (K, d): (1/n_k) Σ_{c(v)=k} ω_v values_v
-        weighted = values if weight is None else weight[:, None] * values
-        total = torch.zeros(num_clusters, values.size(1), dtype=k.dtype, device=k.device)
-        return total.index_add(0, assignment, weighted) / safe_mass[:, None]
 
-    stats_keys = k.detach() if detach_keys else k
-    means = cluster_mean(stats_keys)
-    # One (B, K) product for all terms: the scales go on the (B, d) side and log n_k (with -inf for empty
-    # clusters) is the bias, which saves (B, K)-sized element-wise passes, forward and backward.
-    queries, centres = a / temperature, means
-    if second_order:
-        var = cluster_mean((stats_keys - means[assignment]).square())
-        queries = torch.cat([queries, a.square() / (2 * temperature**2)], dim=1)
-        centres = torch.cat([means, var], dim=1)
-    bias = safe_mass.log().masked_fill(empty, float("-inf"))
-    logits = torch.addmm(bias, queries, centres.T)
-    positive = (a * k[positive_index]).sum(1) / temperature
-    return (torch.logsumexp(logits, dim=1) - positive).mean()
+# F.normalize's eps: a row of norm below it is divided by it instead.
+_NORM_EPS = 1e-12
+# Bytes of the (B, K) logit matrix computed at a time (K = 1,024: 256 rows): larger blocks make larger
+# products; beyond this size they no longer paid (docs/benchmarks.md, meta-node cost).
+_META_BLOCK_BYTES = 1024 * 1024
+
+
+class _MetanodeInfoNCE(torch.autograd.Function):
+    r""":func:`info_nce_metanode` with its gradients computed together with the loss.
+
+    Why: the autograd form spent its time in (N, d) passes (normalisation, centring, gathers and scatters
+    and their backwards: a dozen each way, at N = 41k each one a trip to memory) and in ``(B, K)`` passes
+    (``logsumexp`` and its backward). Here,
+    with x the raw keys, :math:`r_v = 1/|x_v|` and :math:`k_v = r_v x_v`:
+
+    * the cluster sums :math:`\sum \omega_v k_v` and :math:`\sum \omega_v k_v^2` are two
+      ``embedding_bag`` reductions of x and :math:`x^2` over the keys grouped by cluster (``order``), with
+      per-key weights :math:`\omega_v r_v` and :math:`\omega_v r_v^2`: the unit keys are never formed, and
+      the variance is :math:`E[k^2] - m^2` (see :func:`info_nce_metanode` for its rounding);
+    * the ``(B, K)`` logits :math:`L = Q C^T + \log n` (:math:`Q = [a/τ, a^2/(2τ^2)]`, :math:`C = [m, s^2]`)
+      are computed a block of rows at a time, exponentiated about the row maxima and multiplied into both
+      products the gradients need, :math:`\partial / \partial Q = P C` and :math:`\partial / \partial C =
+      P^T Q`, before the next block (:func:`_blocked_softmax`); the softmax P is never formed;
+    * the gradient of a key through its cluster's statistics is, with :math:`T_1 = \partial L / \partial m
+      / n` and :math:`T_2 = 2\, \partial L / \partial s^2 / n` per cluster,
+      :math:`g_v = \omega_v (T_1 + T_2 \circ (k_v - m))_{c(v)} = \omega_v (A + T_2 \circ k_v)_{c(v)}`
+      with :math:`A = T_1 - T_2 \circ m`: two gathers of ``(K, d)`` tables, then the normalisation's
+      backward :math:`r_v (g_v - k_v (k_v \cdot g_v))`, a block of rows at a time
+      (:func:`_key_gradient`); the positive term touches only its B rows.
+
+    The forward computes the loss and the gradients' ``(B, d)`` and ``(K, d)`` parts; the backward only the
+    ``(N, d)`` one, with the incoming gradient folded into the per-key weights. No double backward.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        anchors: Tensor,
+        keys: Tensor,
+        positive_index: Tensor,
+        assignment: Tensor,
+        order: Tensor,
+        weight: Tensor | None,
+        temperature: float,
+        num_clusters: int,
+        second_order: bool,
+        detach_keys: bool,
+    ) -> Tensor:
+        need_anchors, need_keys = ctx.needs_input_grad[:2]
+        stats_grad = need_keys and not detach_keys
+        b, d = anchors.shape
+        a_norm = torch.linalg.vector_norm(anchors, dim=1)
+        a_inv = a_norm.clamp_min(_NORM_EPS).reciprocal_()
+        a = anchors * a_inv[:, None]
+        k_norm = torch.linalg.vector_norm(keys, dim=1)
+        k_inv = k_norm.clamp_min(_NORM_EPS).reciprocal_()
+        counts = torch.bincount(assignment, minlength=num_clusters)
+        offsets = counts.cumsum(0).sub_(counts)
+        if weight is None:
+            mass, row_weight = counts.to(keys.dtype), k_inv  # row_weight: ω_v r_v
+        else:
+            weight = weight.to(keys.dtype)
+            mass = torch.zeros(num_clusters, dtype=keys.dtype, device=keys.device)
+            mass.index_add_(0, assignment, weight)
+            row_weight = k_inv * weight
+        empty = mass <= 0
+        safe_mass = torch.where(empty, torch.ones_like(mass), mass)
+
+        def cluster_mean(rows: Tensor, row_weights: Tensor) -> Tensor:  # (1/n_k) Σ_{c(v)=k} w_v rows_v
+            sums = F.embedding_bag(order, rows, offsets, mode="sum", per_sample_weights=row_weights[order])
+            return sums.div_(safe_mass[:, None])
+
+        means = cluster_mean(keys, row_weight)
+        queries, centres = a * (1.0 / temperature), means
+        if second_order:
+            var = cluster_mean(keys.square(), row_weight * k_inv).sub_(means.square())
+            queries = torch.cat([queries, a.square() * (0.5 / temperature**2)], dim=1)
+            centres = torch.cat([means, var], dim=1)
+        bias = safe_mass.log().masked_fill_(empty, float("-inf"))
+        log_sum, grad_q, grad_c = _blocked_softmax(queries, centres, bias, need_anchors, stats_grad)
+        positive_keys = keys.index_select(0, positive_index) * k_inv[positive_index, None]
+        loss = (log_sum - (queries[:, :d] * positive_keys).sum(dim=1)).mean()
+        if not (need_anchors or need_keys):
+            return loss
+        # The gradients' (B, d) and (K, d) parts now; the (N, d) one in the backward, scaled there for free.
+        scale = 1.0 / (b * temperature)
+        grad_a = table = table_2 = grad_positive = None
+        if need_anchors:
+            assert grad_q is not None
+            grad_a = grad_q[:, :d].sub_(positive_keys).mul_(scale)  # ∂/∂a of a·m/τ and of -a·k_p/τ
+            if second_order:
+                grad_a.addcmul_(grad_q[:, d:], a, value=scale / temperature)  # of a²·s²/(2τ²)
+            grad_a = _unit_rows_backward(grad_a, a, a_norm, a_inv)
+        if need_keys:
+            grad_positive = _unit_rows_backward(
+                a * -scale, positive_keys, k_norm[positive_index], k_inv[positive_index]
+            )
+        if stats_grad:
+            assert grad_c is not None
+            per_mass = (1.0 / (b * safe_mass))[:, None]
+            table = grad_c[:, :d].mul(per_mass)  # T_1
+            if second_order:
+                table_2 = grad_c[:, d:].mul(2 * per_mass)  # T_2
+                table.sub_(table_2 * means)  # A
+        ctx.save_for_backward(
+            grad_a, grad_positive, positive_index, keys, k_norm, k_inv, row_weight, assignment, table, table_2
+        )
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        grad_a, grad_positive, positive_index, keys, norm, inv_norm, row_weight, assignment, *tables = (
+            ctx.saved_tensors
+        )
+        table, table_2 = tables
+        grad_k = None
+        if grad_positive is not None:
+            if table is None:  # detached statistics: only the positives' rows
+                grad_k = torch.zeros_like(keys)
+            else:
+                grad_k = _key_gradient(keys, norm, inv_norm, row_weight * grad, assignment, table, table_2)
+            grad_k.index_add_(0, positive_index, grad_positive * grad)
+        return None if grad_a is None else grad_a * grad, grad_k, *(None,) * 8
+
+
+# Rows of the keys' (N, d) gradient computed at a time, so that its temporaries stay in cache.
+_KEY_BLOCK_ROWS = 4096
+
+
+def _key_gradient(
+    keys: Tensor,
+    norm: Tensor,
+    inv_norm: Tensor,
+    row_weight: Tensor,
+    assignment: Tensor,
+    table: Tensor,
+    table_2: Tensor | None,
+) -> Tensor:
+    r"""Gradient of the raw keys x through their clusters' statistics (see :class:`_MetanodeInfoNCE`).
+
+    :math:`\omega_v r_v (g_v - k_v (k_v \cdot g_v))` with :math:`k = r x`,
+    :math:`g_v = (A + T_2 \circ k_v)_{c(v)}` (``table`` A; ``table_2`` T_2, absent in the first order) and
+    ``row_weight`` :math:`\omega_v r_v`, a block of rows at a time.
+    """
+    out = torch.empty_like(keys)
+    for start in range(0, keys.size(0), _KEY_BLOCK_ROWS):
+        rows = slice(start, start + _KEY_BLOCK_ROWS)
+        x, inv, clusters = keys[rows], inv_norm[rows], assignment[rows]
+        grad = table.index_select(0, clusters)
+        if table_2 is not None:
+            grad.addcmul_(table_2.index_select(0, clusters).mul_(x), inv[:, None])
+        radial = (x * grad).sum(dim=1).mul_(inv).masked_fill_(norm[rows] < _NORM_EPS, 0.0)
+        weight = row_weight[rows]
+        torch.mul(grad, weight[:, None], out=out[rows]).addcmul_(x, (weight * inv * radial).neg_()[:, None])
+    return out
+
+
+def _unit_rows_backward(grad: Tensor, unit: Tensor, norm: Tensor, inv_norm: Tensor) -> Tensor:
+    r"""Gradient with respect to x of ``F.normalize(x, dim=1)`` (= unit), given ``grad`` with respect to unit.
+
+    :math:`(g - u (u \cdot g)) / \max(|x|, \epsilon)` row by row; a row below ε has no radial term (the
+    clamp passes no gradient). Overwrites ``grad``.
+    """
+    radial = (unit * grad).sum(dim=1).masked_fill_(norm < _NORM_EPS, 0.0)
+    return grad.sub_(unit * radial[:, None]).mul_(inv_norm[:, None])
+
+
+def _blocked_softmax(
+    queries: Tensor, centres: Tensor, bias: Tensor, need_queries: bool, need_centres: bool
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    r"""Row log-sum-exp of :math:`L = Q C^T + b`, with :math:`P C` and :math:`P^T Q`, P = row softmax of L.
+
+    A block of rows at a time, small enough to stay in cache: :math:`E = \exp(L - \max)` and its row sums
+    Σ, then :math:`(E C) / Σ` and :math:`E^T (Q / Σ)`, so the division by Σ is paid on the narrow
+    ``(rows, 2d)`` side. The bias b may hold -inf (a column no row picks); each row needs one finite logit.
+    """
+    n, kk = queries.size(0), centres.size(0)
+    log_sum = torch.empty(n, dtype=queries.dtype, device=queries.device)
+    grad_q = torch.empty_like(queries) if need_queries else None
+    grad_c = torch.zeros_like(centres) if need_centres else None
+    step = max(1, _META_BLOCK_BYTES // max(1, kk * queries.element_size()))
+    centres_t = centres.T
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        rows = queries[start:stop]
+        block = torch.addmm(bias, rows, centres_t)
+        row_max = block.amax(dim=1, keepdim=True)
+        row_sum = block.sub_(row_max).exp_().sum(dim=1, keepdim=True)
+        log_sum[start:stop] = (row_max + row_sum.log()).squeeze(1)
+        if grad_q is not None or grad_c is not None:
+            inv_sum = row_sum.reciprocal_()
+            if grad_q is not None:
+                torch.mm(block, centres, out=grad_q[start:stop]).mul_(inv_sum)
+            if grad_c is not None:
+                grad_c.addmm_(block.T, rows * inv_sum)
+    return log_sum, grad_q, grad_c
 
 
 def l2_reg(*embeddings: Tensor) -> Tensor:

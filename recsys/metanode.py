@@ -112,6 +112,7 @@ def spherical_kmeans(
 class _Clusters(NamedTuple):
     assignment: Tensor  # (N,) cluster ids
     num_clusters: int  # K, clipped to N
+    order: Tensor  # (N,) argsort of the assignment: the keys grouped by cluster
 
 
 class ContrastiveNegatives:
@@ -166,6 +167,7 @@ class ContrastiveNegatives:
         self.centroids: list[Tensor | None] = [None, None]
         self.assignment: list[Tensor | None] = [None, None]
         self.steps = [0, 0]  # loss calls per side, for the probe schedule
+        self._orders: list[tuple[Tensor, Tensor] | None] = [None, None]  # (assignment, its argsort) per side
         self._probe_sums: list[Tensor] = []  # (gap, cos) per probed side this epoch
 
     @classmethod
@@ -246,11 +248,19 @@ class ContrastiveNegatives:
         if assignment is None or centroids is None:
             msg = f"no {_SIDES[side]} clusters yet: call refresh(model, adj, epoch) before the first step"
             raise RuntimeError(msg)
-        clusters = _Clusters(assignment, centroids.size(0))
+        clusters = _Clusters(assignment, centroids.size(0), self._order(side, assignment))
         self.steps[side] += 1
         if self.probe_every and self.steps[side] % self.probe_every == 0:
             self._probe(anchors, view_b, nodes, clusters, weight, temperature)
         return self._metanode(anchors, view_b, nodes, clusters, weight, temperature)
+
+    def _order(self, side: int, assignment: Tensor) -> Tensor:
+        """``argsort(assignment)``, computed once per assignment (a refresh or a load makes a new one)."""
+        cached = self._orders[side]
+        if cached is None or cached[0] is not assignment:
+            cached = (assignment, torch.argsort(assignment, stable=True))
+            self._orders[side] = cached
+        return cached[1]
 
     def _metanode(
         self,
@@ -271,6 +281,7 @@ class ContrastiveNegatives:
             second_order=self.second_order,
             key_weight=weight,
             detach_keys=self.detach,
+            order=clusters.order,
         )
 
     def _probe(

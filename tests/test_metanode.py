@@ -177,6 +177,124 @@ def test_weighted_full_loss_against_a_loop():
     assert abs(info_nce_full(anchors, keys, index, TAU, weight).item() - total / 3) < 1e-12
 
 
+# The fused implementation against the plain autograd computation -----------------------------------------
+
+
+def plain_metanode(anchors, keys, index, assignment, k, second_order, weight=None, detach=False):
+    """The estimator as plain autograd ops, the variance centred in two passes (the reference)."""
+    a, unit = torch.nn.functional.normalize(anchors, dim=1), torch.nn.functional.normalize(keys, dim=1)
+    w = torch.ones(unit.size(0), dtype=unit.dtype) if weight is None else weight.to(unit.dtype)
+    mass = torch.zeros(k, dtype=unit.dtype).index_add_(0, assignment, w)
+    empty = mass <= 0
+    safe = torch.where(empty, torch.ones_like(mass), mass)
+    stats = unit.detach() if detach else unit
+
+    def mean(values):
+        return (
+            torch.zeros(k, values.size(1), dtype=unit.dtype).index_add(0, assignment, w[:, None] * values)
+            / safe[:, None]
+        )
+
+    means = mean(stats)
+    logits = torch.log(safe).masked_fill(empty, float("-inf")) + a @ means.T / TAU
+    if second_order:
+        var = mean((stats - means[assignment]).square())
+        logits = logits + a.square() @ var.T / (2 * TAU**2)
+    return (torch.logsumexp(logits, dim=1) - (a * unit[index]).sum(1) / TAU).mean()
+
+
+def clustered(n, b, d, k, dtype=torch.float64, spread=0.3, seed=0):
+    """Keys around k random centres (tight clusters, large means), anchors near their positives."""
+    g = torch.Generator().manual_seed(seed)
+    centre = torch.nn.functional.normalize(torch.randn(k, d, generator=g, dtype=dtype), dim=1)
+    assignment = torch.randint(k, (n,), generator=g)
+    keys = 3.0 * (centre[assignment] + spread * torch.randn(n, d, generator=g, dtype=dtype) / d**0.5)
+    index = torch.randperm(n, generator=g)[:b]
+    anchors = keys[index] + 0.2 * torch.randn(b, d, generator=g, dtype=dtype)
+    return anchors.requires_grad_(True), keys.requires_grad_(True), index, assignment
+
+
+@pytest.mark.parametrize("second_order", [False, True])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("detach", [False, True])
+def test_fused_equals_the_plain_computation_in_float64(second_order, weighted, detach):
+    anchors, keys, index, assignment = clustered(n=900, b=120, d=16, k=24)
+    assignment = torch.where(assignment == 5, 30, assignment)  # ids 5 and 24..29, 31 unused: empty
+    weight = None
+    if weighted:
+        weight = torch.rand(900, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 2
+        weight[assignment == 7] = 0.0  # a cluster of weight 0 is empty too
+    got = loss_and_grads(
+        lambda a, k: info_nce_metanode(
+            a,
+            k,
+            index,
+            assignment,
+            TAU,
+            num_clusters=32,
+            second_order=second_order,
+            key_weight=weight,
+            detach_keys=detach,
+        ),
+        anchors,
+        keys,
+    )
+    want = loss_and_grads(
+        lambda a, k: plain_metanode(a, k, index, assignment, 32, second_order, weight, detach), anchors, keys
+    )
+    assert abs(got[0].item() - want[0].item()) <= 1e-12
+    assert rel(got[1], want[1]) <= 1e-10 and rel(got[2], want[2]) <= 1e-10
+
+
+@pytest.mark.parametrize("second_order", [False, True])
+def test_fused_equals_the_plain_computation_in_float32(second_order):
+    # Gowalla-like sizes, tight clusters of ~60 keys: the one-pass variance E[k²] − m² is where float32
+    # could lose digits. Both are compared with the plain computation in float64.
+    anchors, keys, index, assignment = clustered(n=20_000, b=1024, d=64, k=320, spread=0.1)
+    exact = loss_and_grads(
+        lambda a, k: plain_metanode(a, k, index, assignment, 320, second_order), anchors, keys
+    )
+    single = [x.detach().float().requires_grad_(True) for x in (anchors, keys)]
+    fused = loss_and_grads(lambda a, k: meta(a, k, index, assignment, 320, second_order), *single)
+    plain = loss_and_grads(lambda a, k: plain_metanode(a, k, index, assignment, 320, second_order), *single)
+    for ours, theirs in ((fused, exact), (plain, exact)):
+        assert abs(ours[0].item() - theirs[0].item()) <= 2e-6 * abs(theirs[0].item())
+        assert rel(ours[1].double(), theirs[1]) <= 1e-5 and rel(ours[2].double(), theirs[2]) <= 1e-5
+
+
+def test_fused_gradient_scales_with_the_upstream_gradient_and_survives_a_second_backward():
+    anchors, keys, index, assignment = clustered(n=300, b=40, d=8, k=10)
+    loss = meta(anchors, keys, index, assignment, 10, True)
+    (0.3 * loss).backward(retain_graph=True)
+    once = anchors.grad.clone(), keys.grad.clone()
+    (0.3 * loss).backward()
+    torch.testing.assert_close((anchors.grad, keys.grad), (2 * once[0], 2 * once[1]))
+    ga, gk = torch.autograd.grad(meta(anchors, keys, index, assignment, 10, True), (anchors, keys))
+    torch.testing.assert_close(once, (0.3 * ga, 0.3 * gk))
+
+
+def test_fused_normalises_like_f_normalize_at_a_zero_row():
+    anchors, keys, index, assignment = clustered(n=50, b=8, d=4, k=3)
+    with torch.no_grad():
+        keys[int(index[0])] = 0.0  # a positive with a zero row: divided by eps, as F.normalize does
+        keys[1] = 0.0
+    got = loss_and_grads(lambda a, k: meta(a, k, index, assignment, 3, True), anchors, keys)
+    want = loss_and_grads(lambda a, k: plain_metanode(a, k, index, assignment, 3, True), anchors, keys)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_order_is_optional_and_checked():
+    anchors, keys, index, assignment = clustered(n=200, b=16, d=8, k=7)
+    order = torch.argsort(assignment)
+    args = (anchors, keys, index, assignment, TAU)
+    with_order = info_nce_metanode(*args, num_clusters=7, order=order)
+    torch.testing.assert_close(with_order, info_nce_metanode(*args, num_clusters=7), rtol=1e-14, atol=0)
+    with torch.no_grad():  # no gradient needed: the value alone
+        torch.testing.assert_close(info_nce_metanode(*args, num_clusters=7), with_order.detach())
+    with pytest.raises(ValueError, match=r"order must have the assignment's shape \(200,\)"):
+        info_nce_metanode(*args, num_clusters=7, order=order[:10])
+
+
 # k-means ------------------------------------------------------------------------------------------------
 
 
@@ -266,6 +384,21 @@ def test_refresh_schedule_and_state_round_trip():
         )
         other.refresh(model, graph.adj, 1)
         assert other.assignment == [None, None]
+
+
+def test_negatives_regroup_the_keys_whenever_the_assignment_changes():
+    data = two_communities()
+    graph = build_graph(data.train, data.num_users, data.num_items)
+    cfg = metanode_cfg()
+    model = build_model(cfg, data.num_users, data.num_items)
+    negatives = ContrastiveNegatives.from_config(cfg, data.train, data.num_users, data.num_items)
+    negatives.refresh(model, graph.adj, 1)
+    keys = torch.randn(16, 8, generator=torch.Generator().manual_seed(0))
+    anchors, nodes = keys[:5] + 0.1, torch.arange(5)
+    for assignment in (negatives.assignment[1], torch.arange(16) % 4, torch.arange(16) // 4):
+        negatives.assignment[1] = assignment  # a refresh or a load replaces the tensor
+        expected = info_nce_metanode(anchors, keys, nodes, assignment, TAU, num_clusters=4)
+        torch.testing.assert_close(negatives.loss(anchors, keys, nodes, 1, TAU), expected)
 
 
 def test_probe_leaves_the_training_gradient_unchanged():
