@@ -26,7 +26,6 @@ import argparse
 import json
 import logging
 import math
-import random
 import sys
 import tempfile
 from collections.abc import Callable
@@ -34,85 +33,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from graphs import GRAPHS
 from train import GOWALLA, RESULTS, merged_with_earlier, write_rows
 
-from pipelines import IngestConfig, ingest
-from pipelines.readers import LogSpec
-from pipelines.synthetic import SyntheticConfig, generate
 from recsys.config import PRESETS, TrainConfig, config_from_dict
 from recsys.dataset import Dataset, load_dataset
-from recsys.demo import SAMPLE_LOG
 from recsys.train import fit, should_stop
 
 METRIC = "recall@20"
 OLD_PATIENCE_EVALS = 5  # the rule this one replaced: 5 evaluations without improvement
 
 
-def sample(workdir: Path) -> Path:
-    """The bundled sample, ingested as the demo does."""
-    out = workdir / "sample"
-    if not (out / "meta.json").exists():
-        spec = LogSpec("csv", time_col="timestamp", rating_col="rating")
-        ingest(
-            IngestConfig(
-                out=out,
-                spec=spec,
-                input=SAMPLE_LOG,
-                split="temporal",
-                force=True,
-                min_user_interactions=3,
-                min_item_interactions=3,
-            )
-        )
-    return out
-
-
-def gowalla_users(workdir: Path, share: float = 0.2, seed: int = 0) -> Path:
-    """``share`` of gowalla's users with all their interactions (train and test), 5-core, random split."""
-    out = workdir / "gowalla-u20"
-    if not (out / "meta.json").exists():
-        lines = [
-            line.split()
-            for name in ("train.txt", "test.txt")
-            for line in (GOWALLA / name).read_text().splitlines()
-        ]
-        users = sorted({fields[0] for fields in lines if fields})
-        chosen = set(random.Random(seed).sample(users, round(share * len(users))))
-        rows = ["user_id,item_id"]
-        rows += [f"{user},{item}" for user, *items in filter(None, lines) if user in chosen for item in items]
-        log = workdir / "gowalla-u20.csv"
-        log.write_text("\n".join(rows) + "\n")
-        ingest(
-            IngestConfig(
-                out=out,
-                spec=LogSpec("csv"),
-                input=log,
-                split="random",
-                force=True,
-                min_user_interactions=5,
-                min_item_interactions=5,
-            )
-        )
-    return out
-
-
-def generated(workdir: Path) -> Path:
-    """A generated log with topic structure: 6,000 users, 4,000 items, ~200k events, random split."""
-    out = workdir / "generated"
-    if not (out / "meta.json").exists():
-        log = workdir / "generated.csv"
-        generate(
-            SyntheticConfig(num_users=6000, num_items=4000, num_interactions=200_000, seed=1),
-            log,
-            "csv",
-            progress=False,
-        )
-        spec = LogSpec("csv", time_col="timestamp", rating_col="rating")
-        ingest(IngestConfig(out=out, spec=spec, input=log, split="random", force=True))
-    return out
-
-
-SHAPES = {"sample": sample, "gowalla-u20": gowalla_users, "generated": generated}
+SHAPES = {name: GRAPHS[name] for name in ("sample", "gowalla-u20", "generated")}  # gowalla: --gowalla-runs
 
 
 def never_stopping_run(data: Dataset, preset: str, max_steps: int, threads: int) -> list[dict[str, Any]]:
