@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,7 @@ from recsys.train import epoch_batches, fit
 
 GOWALLA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gowalla"
 RESULTS = Path(__file__).resolve().parent / "results"
+_CHUNK_STEPS = 33  # steps between two timings of the floor (12 per gowalla epoch)
 
 
 def write_rows(out: Path, threads: int, rows: list[dict]) -> None:
@@ -113,12 +115,14 @@ class _Clock:
             setattr(module, name, inner)
 
 
-def speed(data: Dataset, model_name: str, threads: int) -> dict[str, float | str | int]:
-    """One full epoch of ``model_name`` with a per-phase breakdown (seconds).
+def speed(data: Dataset, model_name: str, threads: int) -> dict[str, Any]:
+    """One full epoch of ``model_name`` with a per-phase breakdown (seconds), against the floor.
 
     Phases: sampling (shuffle + negatives), propagation (every sparse product of the forward passes),
     noise (SimGCL/XSimGCL perturbations), loss (the rest of the objective: gathers, BPR, InfoNCE, L2),
-    backward, and the optimiser step.
+    backward, and the optimiser step. ``x_floor``: the median over chunks of the epoch of a step's cost
+    over the floor step (``bare_spmm_fwd_bwd_ms``: the layers' bare sparse products, forward and
+    backward) timed right after the chunk.
     """
     torch.set_num_threads(threads)
     cfg = TrainConfig(model=model_name, protocol="paper").resolved()
@@ -135,23 +139,36 @@ def speed(data: Dataset, model_name: str, threads: int) -> dict[str, float | str
     clock.wrap(lightgcn, "propagate", "propagation")
     clock.wrap(lightgcn, "uniform_noise", "noise")
     clock.wrap(lightgcn, "perturb", "noise")
+    # The floor is timed between chunks of the epoch, so each chunk's cost per step has a floor measured
+    # next to it: the machine's memory bandwidth drifts within minutes, and a floor timed once before or
+    # after the epoch moved the ratio by up to a third here.
+    chunk_ratios: list[float] = []
+    floor_ms: list[float] = []
     try:
         t = time.perf_counter()
         batches = epoch_batches(pairs, sampler, cfg.batch_size, rng)
         t = clock.add("sampling", t)
-        for batch in batches:
-            losses = objective(model, adj, batch, cfg, rng)
-            t = clock.add("objective", t)
-            optimizer.zero_grad(set_to_none=True)
-            losses.total.backward()
-            t = clock.add("backward", t)
-            optimizer.step()
-            t = clock.add("step", t)
+        for start in range(0, len(batches), _CHUNK_STEPS):
+            chunk = batches[start : start + _CHUNK_STEPS]
+            before = _step_seconds(clock)
+            for batch in chunk:
+                losses = objective(model, adj, batch, cfg, rng)
+                t = clock.add("objective", t)
+                optimizer.zero_grad(set_to_none=True)
+                losses.total.backward()
+                t = clock.add("backward", t)
+                optimizer.step()
+                t = clock.add("step", t)
+            if adj is not None:
+                step_ms = (_step_seconds(clock) - before) * 1000 / len(chunk)
+                floor_ms.append(bare_spmm_ms(adj, cfg.num_layers, cfg.embedding_dim, repeats=3))
+                chunk_ratios.append(step_ms / floor_ms[-1])
+                t = time.perf_counter()
     finally:
         clock.unwrap()
     s = clock.seconds
     inside = s.get("propagation", 0.0) + s.get("noise", 0.0)
-    row: dict[str, float | str | int] = {
+    row: dict[str, Any] = {
         "model": model_name,
         "batches": len(batches),
         "epoch_s": round(sum(s[k] for k in ("sampling", "objective", "backward", "step")), 2),
@@ -163,8 +180,15 @@ def speed(data: Dataset, model_name: str, threads: int) -> dict[str, float | str
         "step_s": round(s["step"], 2),
     }
     if adj is not None:
-        row["bare_spmm_fwd_bwd_ms"] = round(bare_spmm_ms(adj, cfg.num_layers, cfg.embedding_dim), 1)
+        row["bare_spmm_fwd_bwd_ms"] = round(statistics.median(floor_ms), 1)
+        row["x_floor"] = round(statistics.median(chunk_ratios), 2)
+        row["x_floor_range"] = [round(min(chunk_ratios), 2), round(max(chunk_ratios), 2)]
     return row
+
+
+def _step_seconds(clock: _Clock) -> float:
+    """Seconds in whole steps so far (the wrapped phases are inside the objective's)."""
+    return sum(clock.seconds.get(phase, 0.0) for phase in ("objective", "backward", "step"))
 
 
 def bare_spmm_ms(adj: torch.Tensor, num_layers: int, dim: int, repeats: int = 5) -> float:
@@ -319,6 +343,7 @@ def main() -> None:
             "backward_s",
             "step_s",
             "bare_spmm_fwd_bwd_ms",
+            "x_floor",
             "selfrec_style_epoch_s",
         ]
         print(f"\ngowalla, one epoch ({rows[0]['batches']} batches of 2048), {opts.threads} threads")
