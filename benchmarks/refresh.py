@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import polars as pl
-from train import GOWALLA, RESULTS, gowalla, merged_with_earlier, write_rows
+from graphs import gowalla_full
+from train import GOWALLA, RESULTS, merged_with_earlier, write_rows
 
 from pipelines import IngestConfig, ingest
 from pipelines.readers import LogSpec
@@ -66,14 +67,8 @@ def generated_graph(workdir: Path, users: int = 6000, items: int = 4000, events:
     return out
 
 
-def gowalla_graph(workdir: Path) -> Path:
-    """Gowalla's preset split (``benchmarks/train.py``), ingested once into ``workdir``."""
-    gowalla(workdir)
-    return workdir / "gowalla"
-
-
 GRAPHS: dict[str, Callable[[Path], Path]] = {
-    "gowalla": gowalla_graph,
+    "gowalla": gowalla_full,
     "generated": generated_graph,
     "tiny": lambda workdir: generated_graph(workdir, 400, 200, 10_000),
 }
