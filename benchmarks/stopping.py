@@ -7,7 +7,7 @@ the rule's selected value is the best valid Recall@20 up to the epoch where it f
 the never-stopping run's best, the default rule's stop and selected value (and its share of the best),
 and the old rule (5 evaluations of patience) for comparison.
 
-Shapes: ``sample`` (the bundled demo log: ~1k users, 10 batches per epoch), ``gowalla-u20`` (20 % of
+Shapes: ``sample`` (the bundled demo log: ~1k users, 8 batches per epoch), ``gowalla-u20`` (20 % of
 gowalla's users with their items, 5-core), ``generated`` (a ``recsys generate`` log with topic structure),
 and ``gowalla`` itself when given the artifacts of long honest runs (``--gowalla-runs``), e.g. from
 ``recsys train --dataset D --model xsimgcl --min-steps 1000000000 --epochs 40 --out A``.
