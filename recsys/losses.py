@@ -46,9 +46,10 @@ def info_nce(view_a: Tensor, view_b: Tensor, temperature: float) -> Tensor:
     return loss
 
 
-# Bytes of the logit matrix computed at a time, per thread: a block this size stays in the cores' caches
-# while it is exponentiated and multiplied into both gradients (n = 1,900, 2 threads: 137 rows). Smaller
-# blocks pay the per-operation and thread start-up overheads too often.
+# Bytes of a logit matrix computed at a time, per thread (:func:`_blocked_softmax`): a block this size stays
+# in the cores' caches while it is exponentiated and multiplied into both gradient products (in-batch,
+# n = 1,900, 2 threads: 137 rows). Smaller blocks pay the per-operation and thread start-up overheads too
+# often.
 _BLOCK_BYTES_PER_THREAD = 512 * 1024
 
 
@@ -57,43 +58,28 @@ class _InBatchInfoNCE(torch.autograd.Function):
 
     Why: the ``(n, n)`` logit matrix is the cost of the in-batch loss (n ≈ 2,000 per side on gowalla). The
     autograd form writes and reads it whole in six passes (product, scaling, ``log_softmax`` and their
-    backwards), each from memory. Here it is never whole: a block of rows small enough to stay in cache is
-    computed, exponentiated about its row maxima :math:`m_i` (:math:`E = \exp(L - m)`, log-sum-exp
-    :math:`m_i + \log \sum_j E_{ij}`), scaled by its row sums into the softmax P, and multiplied into both
-    gradients, :math:`\partial L / \partial a = (P - I) b / (n τ)` and
-    :math:`\partial L / \partial b = (P - I)^T a / (n τ)`, before the next block. The loss is a scalar,
-    so the backward only scales the saved gradients. No double backward.
+    backwards), each from memory. Here it is never whole (:func:`_blocked_softmax`): a block of rows small
+    enough to stay in cache is computed, exponentiated and multiplied into both products the gradients need,
+    :math:`\partial L / \partial a = (P b - b) / (n τ)` and :math:`\partial L / \partial b = (P^T a - a) /
+    (n τ)` with P the row softmax, before the next block. The loss is a scalar, so the backward only scales
+    the saved gradients. No double backward.
     """
 
     @staticmethod
     def forward(ctx: Any, a: Tensor, b: Tensor, temperature: float) -> Tensor:
         n = a.size(0)
-        need_grad = any(ctx.needs_input_grad[:2])
         scaled = a * (1.0 / temperature)
-        log_sum = torch.empty(n, dtype=a.dtype, device=a.device)
-        grad_a, grad_b = torch.empty_like(a), torch.zeros_like(b)
-        block_bytes = _BLOCK_BYTES_PER_THREAD * torch.get_num_threads()
-        step = max(1, block_bytes // max(1, n * a.element_size()))
-        for start in range(0, n, step):
-            stop = min(start + step, n)
-            block = torch.mm(scaled[start:stop], b.T)
-            row_max = block.amax(dim=1, keepdim=True)
-            row_sum = block.sub_(row_max).exp_().sum(dim=1, keepdim=True)
-            log_sum[start:stop] = (row_max + row_sum.log()).squeeze(1)
-            if need_grad:
-                p = block.div_(row_sum)
-                p.diagonal(offset=start).sub_(1.0)
-                torch.mm(p, b, out=grad_a[start:stop])
-                grad_b.addmm_(p.T, a[start:stop])
-        scale = 1.0 / (n * temperature)
-        ctx.save_for_backward(grad_a.mul_(scale), grad_b.mul_(scale))
+        log_sum, p_b, p_t_scaled = _blocked_softmax(scaled, b, None, *ctx.needs_input_grad[:2])
+        grad_a = None if p_b is None else p_b.sub_(b).mul_(1.0 / (n * temperature))
+        grad_b = None if p_t_scaled is None else p_t_scaled.sub_(scaled).mul_(1.0 / n)
+        ctx.save_for_backward(grad_a, grad_b)
         return (log_sum - (scaled * b).sum(dim=1)).mean()
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         grad_a, grad_b = ctx.saved_tensors
-        return grad_a * grad, grad_b * grad, None
+        return None if grad_a is None else grad_a * grad, None if grad_b is None else grad_b * grad, None
 
 
 def info_nce_full(
@@ -228,9 +214,6 @@ def info_nce_metanode(
 
 # F.normalize's eps: a row of norm below it is divided by it instead.
 _NORM_EPS = 1e-12
-# Bytes of the (B, K) logit matrix computed at a time (K = 1,024: 256 rows): larger blocks make larger
-# products; beyond this size they no longer paid (docs/benchmarks.md, meta-node cost).
-_META_BLOCK_BYTES = 1024 * 1024
 
 
 class _MetanodeInfoNCE(torch.autograd.Function):
@@ -395,24 +378,26 @@ def _unit_rows_backward(grad: Tensor, unit: Tensor, norm: Tensor, inv_norm: Tens
 
 
 def _blocked_softmax(
-    queries: Tensor, centres: Tensor, bias: Tensor, need_queries: bool, need_centres: bool
+    queries: Tensor, centres: Tensor, bias: Tensor | None, need_queries: bool, need_centres: bool
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     r"""Row log-sum-exp of :math:`L = Q C^T + b`, with :math:`P C` and :math:`P^T Q`, P = row softmax of L.
 
     A block of rows at a time, small enough to stay in cache: :math:`E = \exp(L - \max)` and its row sums
     Σ, then :math:`(E C) / Σ` and :math:`E^T (Q / Σ)`, so the division by Σ is paid on the narrow
-    ``(rows, 2d)`` side. The bias b may hold -inf (a column no row picks); each row needs one finite logit.
+    ``(rows, d)`` side. The bias b (none: 0) may hold -inf (a column no row picks); each row needs one finite
+    logit. The one home of the blocked softmax of both the in-batch and the meta-node loss.
     """
     n, kk = queries.size(0), centres.size(0)
     log_sum = torch.empty(n, dtype=queries.dtype, device=queries.device)
     grad_q = torch.empty_like(queries) if need_queries else None
     grad_c = torch.zeros_like(centres) if need_centres else None
-    step = max(1, _META_BLOCK_BYTES // max(1, kk * queries.element_size()))
+    block_bytes = _BLOCK_BYTES_PER_THREAD * torch.get_num_threads()
+    step = max(1, block_bytes // max(1, kk * queries.element_size()))
     centres_t = centres.T
     for start in range(0, n, step):
         stop = min(start + step, n)
         rows = queries[start:stop]
-        block = torch.addmm(bias, rows, centres_t)
+        block = torch.mm(rows, centres_t) if bias is None else torch.addmm(bias, rows, centres_t)
         row_max = block.amax(dim=1, keepdim=True)
         row_sum = block.sub_(row_max).exp_().sum(dim=1, keepdim=True)
         log_sum[start:stop] = (row_max + row_sum.log()).squeeze(1)
