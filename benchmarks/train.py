@@ -42,6 +42,7 @@ from recsys.config import TrainConfig, config_from_dict
 from recsys.dataset import Dataset, load_dataset
 from recsys.graph import NodeOrder, build_graph, propagate
 from recsys.losses import bpr_loss, l2_reg
+from recsys.model_registry import MODELS
 from recsys.models import build_model, lightgcn
 from recsys.objectives import OBJECTIVES, Batch
 from recsys.sampling import NegativeSampler
@@ -144,6 +145,12 @@ def speed(data: Dataset, model_name: str, threads: int) -> dict[str, Any]:
     # after the epoch moved the ratio by up to a third here.
     chunk_ratios: list[float] = []
     floor_ms: list[float] = []
+    # The contrastive term has a floor of its own: the in-batch InfoNCE's logits are a dense product per side,
+    # and their backward two more. Those products are the same mathematics whatever the implementation, so
+    # spmm + products bounds from below what any exact step can cost.
+    contrastive = MODELS[model_name].contrastive
+    products_ms: list[float] = []
+    product_ratios: list[float] = []
     try:
         t = time.perf_counter()
         batches = epoch_batches(pairs, sampler, cfg.batch_size, rng)
@@ -163,6 +170,10 @@ def speed(data: Dataset, model_name: str, threads: int) -> dict[str, Any]:
                 step_ms = (_step_seconds(clock) - before) * 1000 / len(chunk)
                 floor_ms.append(bare_spmm_ms(adj, cfg.num_layers, cfg.embedding_dim, repeats=3))
                 chunk_ratios.append(step_ms / floor_ms[-1])
+                if contrastive:
+                    sides = [(b.users.unique().numel(), b.pos.unique().numel()) for b in chunk]
+                    products_ms.append(bare_cl_products_ms(sides, cfg.embedding_dim, repeats=3))
+                    product_ratios.append(step_ms / (floor_ms[-1] + products_ms[-1]))
                 t = time.perf_counter()
     finally:
         clock.unwrap()
@@ -183,6 +194,13 @@ def speed(data: Dataset, model_name: str, threads: int) -> dict[str, Any]:
         row["bare_spmm_fwd_bwd_ms"] = round(statistics.median(floor_ms), 1)
         row["x_floor"] = round(statistics.median(chunk_ratios), 2)
         row["x_floor_range"] = [round(min(chunk_ratios), 2), round(max(chunk_ratios), 2)]
+    if products_ms:
+        row["bare_cl_products_ms"] = round(statistics.median(products_ms), 1)
+        # The least x_floor an exact step of this model can have here: (spmm + products) / spmm.
+        row["x_floor_bound"] = round(
+            statistics.median((f + p) / f for f, p in zip(floor_ms, products_ms, strict=True)), 2
+        )
+        row["x_floor_and_products"] = round(statistics.median(product_ratios), 2)
     return row
 
 
@@ -203,6 +221,26 @@ def bare_spmm_ms(adj: torch.Tensor, num_layers: int, dim: int, repeats: int = 5)
         y.backward(torch.ones_like(y))
         times.append((time.perf_counter() - t) * 1000)
         x.grad = None
+    return statistics.median(times)
+
+
+def bare_cl_products_ms(sides: list[tuple[int, int]], dim: int, repeats: int = 3) -> float:
+    """Median ms, per step, of the in-batch InfoNCE's dense products and nothing else.
+
+    ``sides``: (unique users, unique positive items) of each batch. Per side of ``n`` nodes: the logits
+    ``a bᵀ`` (n × n) forward, and ``g b``, ``gᵀ a`` backward. The median batch shape stands for the chunk.
+    """
+    users = int(statistics.median(u for u, _ in sides))
+    items = int(statistics.median(i for _, i in sides))
+    operands = [(torch.randn(n, dim), torch.randn(n, dim), torch.randn(n, n)) for n in (users, items)]
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for a, b, g in operands:
+            a @ b.T
+            g @ b
+            g.T @ a
+        times.append((time.perf_counter() - t) * 1000)
     return statistics.median(times)
 
 
@@ -344,6 +382,7 @@ def main() -> None:
             "step_s",
             "bare_spmm_fwd_bwd_ms",
             "x_floor",
+            "x_floor_bound",
             "selfrec_style_epoch_s",
         ]
         print(f"\ngowalla, one epoch ({rows[0]['batches']} batches of 2048), {opts.threads} threads")

@@ -63,7 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Run as the process's own command (``argv`` unset), the commands of :data:`_EXIT_AT_ONCE` end the process
     as soon as their handler returns (:func:`_exit_at_once`): the teardown of an interpreter that loaded torch
-    is a noticeable share of a short command, and frees nothing the exit does not. Called with ``argv``
+    is a noticeable share of a short command, and frees nothing the exit does not. So does any command that
+    ran Ray in this process (serve, demo, refresh, train ``--workers``): its handler has shut Ray down, but
+    Ray's native threads (GCS client, core worker I/O, gRPC timers) outlive ``ray.shutdown`` and race the
+    interpreter's teardown, which can end a finished command with a segmentation fault. Called with ``argv``
     (tests, other code), ``main`` always returns.
     """
     parser = build_parser()
@@ -83,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"recsys {args.command}: interrupted", file=sys.stderr)
         code = 130
-    if argv is None and args.command in _EXIT_AT_ONCE:
+    if argv is None and (args.command in _EXIT_AT_ONCE or "ray" in sys.modules):
         _exit_at_once(code)
     return code
 

@@ -68,3 +68,34 @@ def test_train_flags_are_generated_from_the_config_fields_and_their_help():
         assert field.metadata["help"] in actions[field.name].help.replace("%%", "%"), field.name
     assert "(default: simgcl 0.5, xsimgcl 0.2)" in actions["cl_weight"].help
     assert actions["metanode_detach"].type("off") is False and actions["threads"].type("3") == 3
+
+
+def test_a_command_that_loaded_ray_ends_at_once_with_its_output_written(tmp_path):
+    """Ray's native threads outlive ``ray.shutdown`` and race the interpreter's teardown, so the console
+    script ends any process that loaded Ray with ``os._exit`` once the command is done (the Ray commands
+    themselves are exercised by the serving, refresh, demo and distributed tests)."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "log.csv"
+    script = (
+        "import atexit, sys, ray\n"
+        "from recsys.cli import main\n"
+        "atexit.register(print, 'teardown ran')\n"
+        "main()\n"
+        "print('main returned')\n"
+    )
+    args = ["generate", "--out", str(out), "--users", "50", "--items", "40", "--interactions", "500"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # buffered: lost if not flushed
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert str(out) in done.stdout + done.stderr and out.is_file()
+    assert "main returned" not in done.stdout and "teardown ran" not in done.stdout
