@@ -45,6 +45,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +61,8 @@ from recsys.errors import InputError
 from recsys.graph import NodeOrder, build_graph
 from recsys.jobs import train_artifact
 from recsys.metanode import ContrastiveNegatives
-from recsys.models import build_model
-from recsys.objectives import OBJECTIVES
+from recsys.models import EmbeddingModel, build_model
+from recsys.objectives import OBJECTIVES, Batch
 from recsys.protocol import training_splits
 from recsys.sampling import NegativeSampler
 from recsys.train import epoch_batches, should_stop
@@ -94,7 +95,7 @@ def variant_config(cfg: TrainConfig, variant: str) -> TrainConfig:
     return dataclasses.replace(cfg, **changes).resolved()
 
 
-def _median_ms(fn, repeats: int) -> float:
+def _median_ms(fn: Callable[[], object], repeats: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
@@ -113,7 +114,7 @@ def step_costs(data: Dataset, model_name: str, variants: list[str], threads: int
     adj = build_graph(pairs, data.num_users, data.num_items).adj
     rng = torch.Generator().manual_seed(0)
     batches = epoch_batches(pairs, NegativeSampler(pairs, data.num_items), base.batch_size, rng)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for variant in variants:
         cfg = variant_config(base, variant)
         model = build_model(cfg, data.num_users, data.num_items)
@@ -130,7 +131,13 @@ def step_costs(data: Dataset, model_name: str, variants: list[str], threads: int
         leaves = [x.detach().requires_grad_(True) for x in (*view_a, *view_b)]
         batch_iter = iter(batches * 2)
 
-        def loss_step(leaves=leaves, negatives=negatives, cfg=cfg, batch_iter=batch_iter) -> None:
+        def loss_step(
+            leaves: list[torch.Tensor] = leaves,
+            negatives: ContrastiveNegatives = negatives,
+            cfg: TrainConfig = cfg,
+            batch_iter: Iterator[Batch] = batch_iter,
+        ) -> None:
+            assert cfg.temperature is not None, "resolve the config first"
             batch = next(batch_iter)
             users, items = torch.unique(batch.users), torch.unique(batch.pos)
             loss = negatives.loss(leaves[0], leaves[2], users, 0, cfg.temperature) + negatives.loss(
@@ -139,7 +146,11 @@ def step_costs(data: Dataset, model_name: str, variants: list[str], threads: int
             torch.autograd.grad(loss, leaves)
 
         def train_step(
-            model=model, optimizer=optimizer, negatives=negatives, cfg=cfg, batch_iter=batch_iter
+            model: EmbeddingModel = model,
+            optimizer: torch.optim.Optimizer = optimizer,
+            negatives: ContrastiveNegatives = negatives,
+            cfg: TrainConfig = cfg,
+            batch_iter: Iterator[Batch] = batch_iter,
         ) -> None:
             batch = next(batch_iter)
             losses = OBJECTIVES[model_name](model, adj, batch, cfg, rng, negatives=negatives)

@@ -37,7 +37,7 @@ from recsys.artifact import read_json_object
 from recsys.atomic import atomic_write_text
 from recsys.config import PRESETS, TrainConfig, config_from_dict
 from recsys.jobs import train_artifact
-from recsys.train import CHECKPOINT_FILE
+from recsys.training_run import CHECKPOINT_FILE
 
 METRIC = "recall@20"
 

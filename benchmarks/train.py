@@ -246,6 +246,7 @@ def bare_cl_products_ms(sides: list[tuple[int, int]], dim: int, repeats: int = 3
 
 def _reference_layers(coo: torch.Tensor, ego: torch.Tensor, cfg: TrainConfig, perturbed: bool) -> list:
     """Layers ``1..L`` as SELFRec builds them: COO ``torch.sparse.mm``, ``rand_like`` noise."""
+    assert cfg.noise_eps is not None, "resolve the config first"
     out, x = [], ego
     for _ in range(cfg.num_layers):
         x = torch.sparse.mm(coo, x)
@@ -265,6 +266,7 @@ def reference_loss(
     autograd's ``log_softmax`` and, for SimGCL, three separate propagations. BPR and L2 are ours (the same
     operations as theirs).
     """
+    temperature, cl_weight = cfg.temperature or 0.0, cfg.cl_weight or 0.0  # unset: lightgcn reads neither
 
     def mean(layers: list) -> tuple[torch.Tensor, torch.Tensor]:
         final = torch.stack(layers, dim=1).mean(dim=1)
@@ -272,14 +274,15 @@ def reference_loss(
 
     def info_nce(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # SELFRec's autograd form
         a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
-        return -torch.diagonal(F.log_softmax(a @ b.T / cfg.temperature, dim=1)).mean()
+        return -torch.diagonal(F.log_softmax(a @ b.T / temperature, dim=1)).mean()
 
     def cl(a: tuple, b: tuple) -> torch.Tensor:
         users, items = torch.unique(batch.users), torch.unique(batch.pos)
-        return cfg.cl_weight * (info_nce(a[0][users], b[0][users]) + info_nce(a[1][items], b[1][items]))
+        return cl_weight * (info_nce(a[0][users], b[0][users]) + info_nce(a[1][items], b[1][items]))
 
+    extra: torch.Tensor | float = 0.0
     if model_name == "lightgcn":
-        rec, extra = mean([table, *_reference_layers(coo, table, cfg, False)]), 0.0
+        rec = mean([table, *_reference_layers(coo, table, cfg, False)])
     elif model_name == "simgcl":
         rec = mean(_reference_layers(coo, table, cfg, False))
         extra = cl(
