@@ -6,7 +6,8 @@ Two modes, each printing a table and writing JSON under benchmarks/results/:
   2048), split into sampling / propagation / noise / loss / backward / optimiser step, plus a bare sparse
   matmul forward + backward of the same layers, and the same step computed with the operations of the
   authors' SELFRec code (COO sparse.mm, rand_like noise, stacked mean), timed on a few batches here and
-  projected to an epoch: the same-hardware reference.
+  projected to an epoch: the same-hardware reference. For SimGCL/XSimGCL it also times the in-batch
+  InfoNCE's dense products bare (``x_floor_bound``: the least ratio to the floor an exact step can have).
 
       python benchmarks/train.py speed --models xsimgcl,simgcl,lightgcn,mf --threads 2
 
