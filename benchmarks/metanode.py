@@ -77,19 +77,20 @@ TRAIN_VARIANTS = (
     "in_batch,full,metanode:256,metanode:1024,metanode:4096,"
     "metanode:256:first,metanode:1024:first,metanode:4096:first,metanode:1024:detach"
 )
-VARIANT_FLAGS = ("first", "detach")
+VARIANT_FLAGS = ("first", "detach", "degree")
 
 
 def variant_config(cfg: TrainConfig, variant: str) -> TrainConfig:
-    """``in_batch``, ``full`` or ``metanode:K[:first][:detach]`` applied to ``cfg``."""
+    """``in_batch``, ``full`` or ``metanode:K[:first][:detach][:degree]`` applied to ``cfg``."""
     mode, *rest = variant.split(":")
     changes: dict[str, Any] = {"cl_negatives": mode}
     if mode == "metanode":
         if not rest or not rest[0].isdigit() or any(flag not in VARIANT_FLAGS for flag in rest[1:]):
-            sys.exit(f"variant {variant!r}: expected metanode:K[:first][:detach]")
+            sys.exit(f"variant {variant!r}: expected metanode:K[:first][:detach][:degree]")
         changes["metanode_clusters"] = int(rest[0])
         changes["metanode_second_order"] = "first" not in rest
         changes["metanode_detach"] = "detach" in rest
+        changes["metanode_key_weight"] = "degree" if "degree" in rest else "uniform"
     elif rest:
         sys.exit(f"variant {variant!r}: only metanode takes :K and flags")
     return dataclasses.replace(cfg, **changes).resolved()
@@ -570,7 +571,7 @@ def main() -> None:
     parser.add_argument("--models", default="xsimgcl,simgcl")
     parser.add_argument(
         "--variants",
-        help="in_batch, full, metanode:K[:first][:detach]; default: "
+        help="in_batch, full, metanode:K[:first][:detach][:degree]; default: "
         f"step {DEFAULT_VARIANTS}; train {TRAIN_VARIANTS}",
     )
     parser.add_argument(
