@@ -51,22 +51,19 @@ from typing import Any
 
 import torch
 from graphs import GRAPHS, missing_source
-from train import GOWALLA, RESULTS, gowalla, write_rows
+from train import GOWALLA, RESULTS, gowalla, train_or_resume, write_rows
 
 from recsys.artifact import read_json_object
 from recsys.atomic import atomic_write_text
 from recsys.config import DEFAULT_PRESET, TrainConfig, config_from_dict
 from recsys.dataset import Dataset, load_dataset
-from recsys.errors import InputError
 from recsys.graph import NodeOrder, build_graph
-from recsys.jobs import train_artifact
 from recsys.metanode import ContrastiveNegatives
 from recsys.models import EmbeddingModel, build_model
 from recsys.objectives import OBJECTIVES, Batch
 from recsys.protocol import training_splits
 from recsys.sampling import NegativeSampler
 from recsys.train import epoch_batches, should_stop
-from recsys.training_run import CHECKPOINT_FILE
 
 METRIC = "recall@20"
 DEFAULT_VARIANTS = (
@@ -252,22 +249,8 @@ def run_cell(cell: Cell, graph: Graph, cfg: TrainConfig, workdir: Path) -> dict[
     artifact's log and metrics, so a resumed run reports all its epochs.
     """
     out = cell.run_dir(workdir)
-    if not _finished(out, cfg):
-        resume = (Path(f"{out}.ckpt") / CHECKPOINT_FILE).is_file()
-        logging.info("%s %s from %s", "resuming" if resume else "training", cell, out)
-        try:
-            train_artifact(graph.path, cfg, out, resume=resume, force=True, progress=False)
-        except InputError as exc:
-            if not resume:
-                raise
-            sys.exit(f"{exc}\nrun with the options it started with (--threads ...), or delete {out}.ckpt")
+    train_or_resume(graph.path, cfg, out, cell)
     return cell_row(cell, graph, cfg, out)
-
-
-def _finished(out: Path, cfg: TrainConfig) -> bool:
-    if not (out / "metrics.json").is_file():
-        return False
-    return read_json_object(out / "config.json").get("config") == cfg.to_dict()
 
 
 def cell_row(cell: Cell, graph: Graph, cfg: TrainConfig, out: Path) -> dict[str, Any]:

@@ -31,13 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from graphs import GRAPHS, missing_source
-from train import RESULTS
+from train import RESULTS, train_or_resume
 
 from recsys.artifact import read_json_object
 from recsys.atomic import atomic_write_text
 from recsys.config import PRESETS, TrainConfig, config_from_dict
-from recsys.jobs import train_artifact
-from recsys.training_run import CHECKPOINT_FILE
 
 METRIC = "recall@20"
 
@@ -63,13 +61,7 @@ def run_config(run: Run, threads: int) -> TrainConfig:
 def train_run(run: Run, dataset: Path, cfg: TrainConfig, workdir: Path) -> dict[str, Any]:
     """Train (or resume, or read back) one run and return its row."""
     out = run.out(workdir)
-    finished = (out / "metrics.json").is_file() and read_json_object(out / "config.json").get(
-        "config"
-    ) == cfg.to_dict()
-    if not finished:
-        resume = (Path(f"{out}.ckpt") / CHECKPOINT_FILE).is_file()
-        logging.info("%s %s", "resuming" if resume else "training", run)
-        train_artifact(dataset, cfg, out, resume=resume, force=True, progress=False)
+    train_or_resume(dataset, cfg, out, run)
     metrics = read_json_object(out / "metrics.json")
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     best = next(i for i, r in enumerate(records) if r["epoch"] == metrics["best_epoch"])

@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 
 import polars as pl
 from graphs import gowalla_full
-from train import GOWALLA, RESULTS, merged_with_earlier, write_rows
+from train import GOWALLA, RESULTS, merged_with_earlier, trained_with, write_rows
 
 from pipelines import IngestConfig, ingest
 from pipelines.readers import LogSpec
@@ -165,9 +165,7 @@ def timed(
 
 def _finished(out: Path, cfg: TrainConfig) -> Run | None:
     """The run in artifact ``out`` if it was trained with ``cfg`` (resolved), else ``None``."""
-    if not (out / "metrics.json").is_file():
-        return None
-    if read_json_object(out / "config.json").get("config") != cfg.resolved().to_dict():
+    if not trained_with(out, cfg):
         return None
     metrics = read_json_object(out / "metrics.json")
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]

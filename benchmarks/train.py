@@ -39,15 +39,19 @@ import torch.nn.functional as F
 
 from pipelines import IngestConfig, ingest
 from pipelines.readers import LogSpec
+from recsys.artifact import read_json_object
 from recsys.config import TrainConfig, config_from_dict
 from recsys.dataset import Dataset, load_dataset
+from recsys.errors import InputError
 from recsys.graph import NodeOrder, build_graph, propagate
+from recsys.jobs import train_artifact
 from recsys.losses import bpr_loss, l2_reg
 from recsys.model_registry import MODELS
 from recsys.models import build_model, lightgcn
 from recsys.objectives import OBJECTIVES, Batch
 from recsys.sampling import NegativeSampler
 from recsys.train import epoch_batches, fit
+from recsys.training_run import CHECKPOINT_FILE
 
 GOWALLA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gowalla"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -67,6 +71,33 @@ def merged_with_earlier(path: Path, rows: list[dict], key: tuple[str, ...]) -> l
     fresh = {tuple(r.get(k) for k in key) for r in rows}
     earlier = [r for r in json.loads(path.read_text())["rows"] if tuple(r.get(k) for k in key) not in fresh]
     return earlier + rows
+
+
+def trained_with(out: Path, cfg: TrainConfig) -> bool:
+    """Whether ``out`` holds a finished artifact trained with ``cfg`` (compared resolved)."""
+    if not (out / "metrics.json").is_file():
+        return False
+    return read_json_object(out / "config.json").get("config") == cfg.resolved().to_dict()
+
+
+def train_or_resume(dataset: Path, cfg: TrainConfig, out: Path, what: object) -> None:
+    """Train ``cfg`` into the artifact ``out`` unless :func:`trained_with`; an interrupted run resumes.
+
+    ``what`` names the run in the log line ("training <what> from <out>").
+
+    The benchmarks' runs are long, so each checkpoints (``<out>.ckpt``) and a re-run continues it. A
+    checkpoint written with another config (``--threads`` included) ends the benchmark with what to do.
+    """
+    if trained_with(out, cfg):
+        return
+    resume = (Path(f"{out}.ckpt") / CHECKPOINT_FILE).is_file()
+    logging.info("%s %s from %s", "resuming" if resume else "training", what, out)
+    try:
+        train_artifact(dataset, cfg, out, resume=resume, force=True, progress=False)
+    except InputError as exc:
+        if not resume:
+            raise
+        sys.exit(f"{exc}\nrun with the options it started with (--threads ...), or delete {out}.ckpt")
 
 
 def gowalla(workdir: Path) -> Dataset:
