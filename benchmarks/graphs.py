@@ -68,18 +68,25 @@ def gowalla_users(workdir: Path, share: float = 0.2, seed: int = 0) -> Path:
     return out
 
 
-def generated(workdir: Path) -> Path:
-    """A generated log with topic structure: 6,000 users, 4,000 items, ~200k events, random split."""
-    out = workdir / "generated"
+def generated(
+    workdir: Path,
+    users: int = 6000,
+    items: int = 4000,
+    events: int = 200_000,
+    *,
+    name: str = "generated",
+    ratings: bool = True,
+) -> Path:
+    """A ``recsys generate`` log with topic structure and timestamps, random split; 6,000 x 4,000 by default.
+
+    ``ratings=False`` ingests it without the rating column, as ``benchmarks/refresh.py``'s graphs are.
+    """
+    out = workdir / name
     if not (out / "meta.json").exists():
-        log = workdir / "generated.csv"
-        generate(
-            SyntheticConfig(num_users=6000, num_items=4000, num_interactions=200_000, seed=1),
-            log,
-            "csv",
-            progress=False,
-        )
-        spec = LogSpec("csv", time_col="timestamp", rating_col="rating")
+        log = workdir / f"{name}.csv"
+        config = SyntheticConfig(num_users=users, num_items=items, num_interactions=events, seed=1)
+        generate(config, log, "csv", progress=False)
+        spec = LogSpec("csv", time_col="timestamp", rating_col="rating" if ratings else None)
         ingest(IngestConfig(out=out, spec=spec, input=log, split="random", force=True))
     return out
 

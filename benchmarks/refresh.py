@@ -38,12 +38,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import polars as pl
-from graphs import gowalla_full
+from graphs import generated, gowalla_full
 from train import GOWALLA, RESULTS, merged_with_earlier, trained_with, write_rows
 
 from pipelines import IngestConfig, ingest
 from pipelines.readers import LogSpec
-from pipelines.synthetic import SyntheticConfig, generate
 from recsys.artifact import read_json_object
 from recsys.config import DEFAULT_PRESET, PRESETS, TrainConfig, config_from_dict
 from recsys.jobs import train_artifact
@@ -56,15 +55,8 @@ GOAL_ACCURACY, GOAL_TIME = 0.99, 0.30
 
 
 def generated_graph(workdir: Path, users: int = 6000, items: int = 4000, events: int = 200_000) -> Path:
-    """A ``recsys generate`` log with timestamps (topic structure, power-law items), random split."""
-    out = workdir / f"generated-{users}"
-    if not (out / "meta.json").exists():
-        log = workdir / f"generated-{users}.csv"
-        config = SyntheticConfig(num_users=users, num_items=items, num_interactions=events, seed=1)
-        generate(config, log, "csv", progress=False)
-        spec = LogSpec("csv", time_col="timestamp")
-        ingest(IngestConfig(out=out, spec=spec, input=log, split="random", force=True))
-    return out
+    """A generated log with timestamps (for the cut by time), ingested without its ratings."""
+    return generated(workdir, users, items, events, name=f"generated-{users}", ratings=False)
 
 
 GRAPHS: dict[str, Callable[[Path], Path]] = {
