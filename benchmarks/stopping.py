@@ -14,6 +14,7 @@ and ``gowalla`` itself when given the artifacts of long honest runs (``--gowalla
 
     python benchmarks/stopping.py --threads 2
     python benchmarks/stopping.py --shapes sample --presets fast --max-steps 6000 --gowalla-runs A,B
+    python benchmarks/stopping.py --replay A,B --patience 250,500,1000,2500 --min-steps 0   # finished runs
 """
 
 from __future__ import annotations
@@ -57,7 +58,14 @@ def never_stopping_run(data: Dataset, preset: str, max_steps: int, threads: int)
 
 def replay(history: list[dict[str, Any]], split: str = "valid") -> dict[str, Any]:
     """Where the default rule and the old evaluation-count rule stop on one recorded curve."""
-    cfg = TrainConfig()
+    rules = {"default": _default_rule(TrainConfig()), "old": _old_rule()}
+    return replay_rules(history, rules, split)
+
+
+def replay_rules(
+    history: list[dict[str, Any]], rules: dict[str, Rule], split: str = "valid"
+) -> dict[str, Any]:
+    """Where each of ``rules`` stops on one recorded curve, and the value it selects there."""
     curve = [(r["epoch"], r["step"], r[split][METRIC]) for r in history if split in r]
     best = max(curve, key=lambda c: c[2])
     row: dict[str, Any] = {
@@ -66,19 +74,42 @@ def replay(history: list[dict[str, Any]], split: str = "valid") -> dict[str, Any
         "unlimited_best": best[2],
         "unlimited_best_epoch": best[0],
     }
-    for name, fires in (("default", _default_rule(cfg)), ("old", _old_rule())):
-        best_value, best_epoch, best_step, stop_epoch = float("-inf"), 0, 0, None
+    for name, fires in rules.items():
+        best_value, best_epoch, best_step, stop_epoch, stop_step = float("-inf"), 0, 0, None, None
         for index, (epoch, step, value) in enumerate(curve):
             if value > best_value:
                 best_value, best_epoch, best_step = value, epoch, step
             if fires(index, step, best_step, curve):
-                stop_epoch = epoch
+                stop_epoch, stop_step = epoch, step
                 break
         row[f"{name}_stop_epoch"] = stop_epoch  # None: it would not have stopped within the recorded run
+        row[f"{name}_stop_step"] = stop_step
         row[f"{name}_best"] = best_value
         row[f"{name}_best_epoch"] = best_epoch
         row[f"{name}_share"] = round(best_value / best[2], 4)
     return row
+
+
+def replay_artifacts(artifacts: list[Path], patience: list[int], min_steps: int) -> None:
+    """Replay the step rule at each ``patience`` on finished runs' curves (their ``log.jsonl``).
+
+    Exact for runs that went on past where each rule fires, e.g. warm starts stopped by a longer patience.
+    """
+    print(
+        f"\nvalid {METRIC} selected, and the step where the rule fires, by patience (min_steps {min_steps})"
+    )
+    print(f"{'run':>48}{'best (step)':>20}" + "".join(f"{'patience ' + str(p):>24}" for p in patience))
+    for artifact in artifacts:
+        history = [json.loads(line) for line in (artifact / "log.jsonl").read_text().splitlines()]
+        rules: dict[str, Rule] = {
+            str(p): _default_rule(replace(TrainConfig(), patience_steps=p, min_steps=min_steps))
+            for p in patience
+        }
+        row = replay_rules(history, rules)
+        best_step = history[row["unlimited_best_epoch"] - 1]["step"]
+        cells = [f"{row[f'{p}_best']:.4f} (stop {row[f'{p}_stop_step'] or 'none'})" for p in patience]
+        best = f"{row['unlimited_best']:.4f} ({best_step})"
+        print(f"{str(artifact)[-48:]:>48}{best:>20}" + "".join(f"{c:>24}" for c in cells))
 
 
 Rule = Callable[[int, int, int, list[tuple[int, int, float]]], bool]
@@ -111,7 +142,17 @@ def main() -> None:
         help="comma-separated artifacts of long never-stopping honest gowalla runs to replay",
     )
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "recsys-bench")
+    parser.add_argument(
+        "--replay",
+        help="instead: comma-separated finished artifacts whose curves to replay the rule on, at --patience",
+    )
+    parser.add_argument("--patience", default="250,500,1000,2500", help="patience_steps values to replay")
+    parser.add_argument("--min-steps", type=int, default=0, help="min_steps of the replayed rules")
     opts = parser.parse_args()
+    if opts.replay:
+        patience = [int(p) for p in opts.patience.split(",")]
+        replay_artifacts([Path(a) for a in opts.replay.split(",")], patience, opts.min_steps)
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     opts.workdir.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -1,6 +1,7 @@
 """Warm start (issue 14): ids matched by raw id, the init rules against a naive per-row loop, training."""
 
 import json
+from dataclasses import replace
 
 import polars as pl
 import pytest
@@ -17,6 +18,7 @@ from recsys.errors import InputError
 from recsys.jobs import train_artifact
 from recsys.training_run import prepare_run
 from recsys.warmstart import (
+    WARM_PATIENCE_STEPS,
     WarmStart,
     load_parent,
     match_ids,
@@ -175,10 +177,20 @@ def test_init_shrink_without_a_parent_is_an_error(versions, tmp_path, capsys):
 
 def test_config_comes_from_the_artifact_then_file_then_flags(versions, tmp_path):
     parent = load_parent(versions["m1"])
-    assert parent.inherit_config({}).to_dict() == load_artifact(versions["m1"]).config["config"]
+    trained = load_artifact(versions["m1"]).config["config"]
+    warm_stopping = {"patience_steps": WARM_PATIENCE_STEPS, "min_steps": 0}
+    assert trained["patience_steps"] > WARM_PATIENCE_STEPS and trained["min_steps"] > 0
+    assert parent.inherit_config({}).to_dict() == {**trained, **warm_stopping}
     cfg = parent.inherit_config({"lr": 0.01, "epochs": 3})
     assert (cfg.model, cfg.embedding_dim, cfg.lr, cfg.epochs, cfg.seed) == ("lightgcn", 8, 0.01, 3, 1)
     assert parent.inherit_config({"preset": "fast"}).lr == 5e-3  # the preset's lr, not the parent's
+    chosen = parent.inherit_config({"patience_steps": 4000, "min_steps": 10})
+    assert (chosen.patience_steps, chosen.min_steps) == (4000, 10)  # a file or flag still decides
+    patient = {**trained, "patience_steps": 300}  # a parent that waited less than a warm start would
+    impatient = replace(
+        parent, artifact=replace(parent.artifact, config={**parent.artifact.config, "config": patient})
+    )
+    assert impatient.inherit_config({}).patience_steps == 300
     with pytest.raises(InputError, match=r"lightgcn artifact, not 'xsimgcl' \(from my.toml\)"):
         parent.inherit_config({"model": "xsimgcl"}, "my.toml")
     with pytest.raises(InputError, match="embedding size.*d = 8, not embedding_dim 16"):
