@@ -39,7 +39,7 @@ from torch import Tensor
 
 from recsys.artifact import Artifact, load_artifact, load_state_dict
 from recsys.atomic import atomic_write_text
-from recsys.config import DEFAULT_PRESET, PRESETS, TrainConfig, config_from_dict
+from recsys.config import DEFAULT_PRESET, PRESETS, WARM_PATIENCE_STEPS, TrainConfig, config_from_dict
 from recsys.dataset import Dataset
 from recsys.errors import InputError, first_line
 from recsys.graph import NodeOrder
@@ -47,12 +47,6 @@ from recsys.models import EmbeddingModel, Embeddings
 from recsys.protocol import training_splits
 
 logger = logging.getLogger(__name__)
-
-# The stopping rule's wait for a warm start, unless a config file or flag sets it. A cold run waits out the
-# dip that follows the contrastive term from a random start (``min_steps``, and a long patience); a warm
-# start has none, and on the six warm runs measured a patience of 500 steps selected the same epoch as
-# 2,500 (docs/benchmarks.md, "the stopping rule for a warm start"): 1,000 keeps a 2x margin.
-WARM_PATIENCE_STEPS = 1000
 
 
 @dataclass(frozen=True)
@@ -390,7 +384,6 @@ def _parent_start(parent: Parent | None) -> str:
 
 
 __all__ = [
-    "WARM_PATIENCE_STEPS",
     "Parent",
     "Sources",
     "WarmStart",

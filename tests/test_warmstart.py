@@ -12,13 +12,12 @@ from pipelines.readers import LogSpec
 from pipelines.synthetic import SyntheticConfig, generate
 from recsys.artifact import load_artifact, load_state_dict
 from recsys.cli import main
-from recsys.config import TrainConfig
+from recsys.config import WARM_PATIENCE_STEPS, TrainConfig
 from recsys.dataset import load_dataset
 from recsys.errors import InputError
 from recsys.jobs import train_artifact
 from recsys.training_run import prepare_run
 from recsys.warmstart import (
-    WARM_PATIENCE_STEPS,
     WarmStart,
     load_parent,
     match_ids,

@@ -6,7 +6,17 @@ import argparse
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Show defaults and keep the hand-made line breaks of the descriptions."""
+    """Show defaults and keep the hand-made line breaks of the descriptions.
+
+    An option whose help already says its default, or whose default is ``None`` (not given), gets no
+    ``(default: ...)`` appended: "(default: env X) (default: None)" says nothing twice.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default is None or "(default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def csv_names(text: str) -> tuple[str, ...]:
