@@ -161,7 +161,8 @@ class RefreshResult:
     Args:
         decision: The comparison.
         champion: ``{"artifact_id", "path"}`` of the champion.
-        challenger: The same for the challenger.
+        challenger: The same for the challenger, and ``training``: its epochs, steps, seconds, best epoch and
+            what ended it (:func:`training_summary`).
         dataset: The new dataset directory.
         outcome: ``promoted``, ``already promoted``, ``not promoted`` or ``service failed``.
         detail: One line on what happened to the service (or the artifact).
@@ -170,7 +171,7 @@ class RefreshResult:
 
     decision: Decision
     champion: dict[str, str]
-    challenger: dict[str, str]
+    challenger: dict[str, Any]
     dataset: str
     outcome: str
     detail: str
@@ -212,7 +213,11 @@ def refresh(cfg: RefreshConfig) -> RefreshResult:
     logger.info("[2/4] train: warm start from %s on %s", champion.artifact.path, dataset_dir)
     challenger_dir = train_challenger(champion, dataset_dir, cfg, workdir / "challenger")
     challenger = load_artifact(challenger_dir)
-    state["challenger"] = {"artifact_id": challenger.artifact_id, "path": str(challenger_dir.resolve())}
+    state["challenger"] = {
+        "artifact_id": challenger.artifact_id,
+        "path": str(challenger_dir.resolve()),
+        "training": training_summary(challenger),
+    }
     _save_state(workdir, state)
 
     logger.info("[3/4] evaluate: champion and challenger on the %s split of %s", SPLIT, dataset_dir)
@@ -337,6 +342,24 @@ def train_challenger(champion: Parent, dataset_dir: Path, cfg: RefreshConfig, ou
         logger.info("resuming the challenger's training from %s.ckpt (an earlier run stopped)", out)
     train_artifact(dataset_dir, train_cfg, out, resume=resume, progress=cfg.progress, init_from=champion)
     return out
+
+
+def training_summary(artifact: Artifact) -> dict[str, Any]:
+    """What training the challenger cost and why it ended, from its ``metrics.json`` and ``log.jsonl``."""
+    metrics = read_json_object(artifact.path / "metrics.json")
+    history = [json.loads(line) for line in (artifact.path / "log.jsonl").read_text().splitlines() if line]
+    config = artifact.config.get("config") or {}
+    epochs, cap = int(metrics["epochs_run"]), int(config.get("epochs", 0))
+    return {
+        "epochs": epochs,
+        "steps": int(history[-1]["step"]) if history else 0,
+        "seconds": metrics.get("train_seconds"),
+        "best_epoch": int(metrics["best_epoch"]),
+        "selection": metrics.get(metrics["selection_split"], {}).get(metrics["metric"]),
+        "metric": metrics["metric"],
+        "ended_by": "the epoch cap" if epochs >= cap else "the stopping rule",
+        "patience_steps": config.get("patience_steps"),
+    }
 
 
 class KnownItemsScorer:
@@ -564,6 +587,7 @@ def format_result(result: RefreshResult) -> str:
         f"refresh on {result.dataset} ({SPLIT} split, {d.users:,} users; train and valid masked)",
         f"champion   {result.champion['artifact_id']}  {result.champion['path']}",
         f"challenger {result.challenger['artifact_id']}  {result.challenger['path']} (warm-started)",
+        *_describe_training(result.challenger.get("training")),
         "",
         f"{'':<{width}}{'champion':>10}{'challenger':>12}{'change':>10}",
     ]
@@ -588,3 +612,17 @@ def format_result(result: RefreshResult) -> str:
     lines.append(f"decision: {verdict} (challenger {d.challenger[d.metric]:.4f} vs {d.threshold:.4f})")
     lines.append(f"outcome: {result.outcome}: {result.detail} (exit code {result.exit_code})")
     return "\n".join(lines)
+
+
+def _describe_training(training: dict[str, Any] | None) -> list[str]:
+    """The challenger's training in one line (none for a state written before it was recorded)."""
+    if not training:
+        return []
+    seconds = "" if training["seconds"] is None else f" in {training['seconds']:,.0f} s"
+    ended = training["ended_by"]
+    if ended == "the stopping rule":
+        ended += f" ({training['patience_steps']:,} steps without a better {training['metric']})"
+    return [
+        f"           trained {training['epochs']} epochs ({training['steps']:,} steps){seconds}; best epoch "
+        f"{training['best_epoch']} (valid {training['metric']} {training['selection']:.4f}); ended by {ended}"
+    ]

@@ -116,6 +116,11 @@ def test_refresh_promotes_a_warm_started_challenger_without_failing_a_request(wo
     assert "decision: PROMOTE" in out and "outcome: promoted" in out and "recall@20" in out
     assert not failures and not thread.is_alive()
     assert set(versions) == {v1.artifact_id, challenger.artifact_id}  # the swap happened under load
+    history = [json.loads(line) for line in (workdir / "challenger" / "log.jsonl").read_text().splitlines()]
+    best = json.loads((workdir / "challenger" / "metrics.json").read_text())["best_epoch"]
+    trained = f"trained {len(history)} epochs ({history[-1]['step']:,} steps) in "
+    assert trained in out and f"; best epoch {best} (valid recall@20 " in out
+    assert "ended by the epoch cap" in out  # --epochs 5, fewer steps than the rule's patience
 
     status, body = get(f"/recommend/{new_user}?k=5")
     assert status == 200 and len(body["items"]) == 5 and body["model_version"] == challenger.artifact_id
