@@ -112,10 +112,10 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         value = record.get("valid", {}).get(METRIC)
         curve.append({"epoch": record["epoch"], "step": record["step"], "valid": value})
         share = record["step"] / cold_steps
+        seconds = time.perf_counter() - tic
         print(
             f"epoch {record['epoch']}: step {record['step']} ({share:.0%} of the cold run's steps to its "
-            "best), "
-            f"valid {METRIC} {value:.4f} ({value / best:.1%} of its best), {time.perf_counter() - tic:.0f} s",
+            f"best), valid {METRIC} {value:.4f} ({value / best:.1%} of its best), {seconds:.0f} s",
             flush=True,
         )
 
