@@ -53,7 +53,7 @@ import torch
 from graphs import GRAPHS, missing_source
 from train import GOWALLA, RESULTS, gowalla, train_or_resume, write_rows
 
-from recsys.artifact import read_json_object
+from recsys.artifact import read_history, read_json_object
 from recsys.atomic import atomic_write_text
 from recsys.config import DEFAULT_PRESET, TrainConfig, config_from_dict
 from recsys.dataset import Dataset, load_dataset
@@ -260,7 +260,7 @@ def cell_row(cell: Cell, graph: Graph, cfg: TrainConfig, out: Path) -> dict[str,
     ``wall_s`` adds the valid evaluation; neither counts loading the data or building the graph.
     """
     metrics = read_json_object(out / "metrics.json")
-    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    records = read_history(out)
     train_s = list(itertools.accumulate(r["train_seconds"] for r in records))
     wall_s = list(itertools.accumulate(r["seconds"] for r in records))
     best = next(i for i, r in enumerate(records) if r["epoch"] == metrics["best_epoch"])

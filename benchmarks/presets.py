@@ -33,7 +33,7 @@ from typing import Any
 from graphs import GRAPHS, missing_source
 from train import RESULTS, train_or_resume
 
-from recsys.artifact import read_json_object
+from recsys.artifact import read_history, read_json_object
 from recsys.atomic import atomic_write_text
 from recsys.config import PRESETS, TrainConfig, config_from_dict
 
@@ -63,7 +63,7 @@ def train_run(run: Run, dataset: Path, cfg: TrainConfig, workdir: Path) -> dict[
     out = run.out(workdir)
     train_or_resume(dataset, cfg, out, run)
     metrics = read_json_object(out / "metrics.json")
-    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    records = read_history(out)
     best = next(i for i, r in enumerate(records) if r["epoch"] == metrics["best_epoch"])
     return {
         **dataclasses.asdict(run),

@@ -30,7 +30,6 @@ configure_cpu_runtime()  # before numpy and torch load
 
 import argparse
 import itertools
-import json
 import logging
 import sys
 import tempfile
@@ -45,7 +44,7 @@ from train import GOWALLA, RESULTS, merged_with_earlier, trained_with, write_row
 
 from pipelines import IngestConfig, ingest
 from pipelines.readers import LogSpec
-from recsys.artifact import read_json_object
+from recsys.artifact import read_history, read_json_object
 from recsys.config import DEFAULT_PRESET, PRESETS, TrainConfig, config_from_dict
 from recsys.jobs import train_artifact
 from recsys.training_run import CHECKPOINT_FILE
@@ -163,7 +162,7 @@ def _finished(out: Path, cfg: TrainConfig) -> Run | None:
     if not trained_with(out, cfg):
         return None
     metrics = read_json_object(out / "metrics.json")
-    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    records = read_history(out)
     seconds = list(itertools.accumulate(r["seconds"] for r in records))
     marks = [(t, r["valid"][METRIC]) for t, r in zip(seconds, records, strict=True) if "valid" in r]
     return Run(metrics["best_epoch"], metrics["valid"], metrics["test"], marks, records[-1]["step"])

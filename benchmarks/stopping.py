@@ -37,6 +37,7 @@ from typing import Any
 from graphs import GRAPHS
 from train import GOWALLA, RESULTS, merged_with_earlier, write_rows
 
+from recsys.artifact import read_history
 from recsys.config import PRESETS, TrainConfig, config_from_dict
 from recsys.dataset import Dataset, load_dataset
 from recsys.train import fit, should_stop
@@ -100,7 +101,7 @@ def replay_artifacts(artifacts: list[Path], patience: list[int], min_steps: int)
     )
     print(f"{'run':>48}{'best (step)':>20}" + "".join(f"{'patience ' + str(p):>24}" for p in patience))
     for artifact in artifacts:
-        history = [json.loads(line) for line in (artifact / "log.jsonl").read_text().splitlines()]
+        history = read_history(artifact)
         rules: dict[str, Rule] = {
             str(p): _default_rule(replace(TrainConfig(), patience_steps=p, min_steps=min_steps))
             for p in patience
@@ -167,7 +168,7 @@ def main() -> None:
             rows.append({**row, "history": history})
     for artifact in opts.gowalla_runs.split(",") if opts.gowalla_runs else []:
         config = json.loads((Path(artifact) / "config.json").read_text())["config"]
-        history = [json.loads(line) for line in (Path(artifact) / "log.jsonl").read_text().splitlines()]
+        history = read_history(Path(artifact))
         rows.append(
             {
                 "shape": "gowalla",

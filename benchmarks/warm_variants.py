@@ -43,24 +43,25 @@ from torch import Tensor
 from train import RESULTS, merged_with_earlier, write_rows
 
 import recsys.train as training
-from recsys.artifact import read_json_object
+from recsys.artifact import read_history, read_json_object
 from recsys.dataset import load_dataset
 from recsys.objectives import Batch
 from recsys.sampling import NegativeSampler
+from recsys.topk import ChunkedPairs
 from recsys.warmstart import Parent, WarmStart, load_parent
 
 
 def trained_by_parent(start: WarmStart) -> Tensor:
     """Boolean per training pair of the new dataset: did the parent train on it (same raw user and item)."""
     artifact = start.parent.artifact
+    num_users, num_items = artifact.users.height, artifact.items.height
     indptr = torch.from_numpy(artifact.seen_indptr).long()
-    num_items = artifact.items.height
-    rows = torch.repeat_interleave(torch.arange(indptr.numel() - 1), indptr.diff())
-    seen = torch.sort(rows * num_items + torch.from_numpy(artifact.seen_indices).long()).values
+    rows = torch.repeat_interleave(torch.arange(num_users), indptr.diff())
+    seen_pairs = torch.stack([rows, torch.from_numpy(artifact.seen_indices).long()])
+    seen = ChunkedPairs(seen_pairs, torch.arange(num_users), num_users, num_items)
     user, item = start.user_match[start.pairs[0]], start.item_match[start.pairs[1]]
-    keys = user.clamp(min=0) * num_items + item.clamp(min=0)
-    found = torch.searchsorted(seen, keys).clamp(max=seen.numel() - 1)
-    return (user >= 0) & (item >= 0) & (seen[found] == keys)
+    known = (user >= 0) & (item >= 0)
+    return known & seen.contains(user.clamp(min=0) * num_items + item.clamp(min=0))
 
 
 def sample_epochs(old: Tensor, replay: float | None, part: float | None) -> None:
@@ -103,7 +104,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         sample_epochs(old, opts.replay, opts.part)
     cold_dir = runs / f"{opts.graph}-cold"
     cold_best = read_json_object(cold_dir / "metrics.json")
-    cold_log = [json.loads(line) for line in (cold_dir / "log.jsonl").read_text().splitlines()]
+    cold_log = read_history(cold_dir)
     best, cold_steps = cold_best["valid"][METRIC], cold_log[cold_best["best_epoch"] - 1]["step"]
     curve: list[dict[str, Any]] = []
     tic = time.perf_counter()

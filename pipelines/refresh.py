@@ -45,7 +45,14 @@ from torch import Tensor
 
 from pipelines.ingest import IngestConfig, ingest
 from pipelines.readers import LogSpec
-from recsys.artifact import Artifact, check_dataset, dataset_digest, load_artifact, read_json_object
+from recsys.artifact import (
+    Artifact,
+    check_dataset,
+    dataset_digest,
+    load_artifact,
+    read_history,
+    read_json_object,
+)
 from recsys.atomic import atomic_write_text
 from recsys.dataset import Dataset, load_dataset
 from recsys.errors import InputError, first_line
@@ -347,7 +354,7 @@ def train_challenger(champion: Parent, dataset_dir: Path, cfg: RefreshConfig, ou
 def training_summary(artifact: Artifact) -> dict[str, Any]:
     """What training the challenger cost and why it ended, from its ``metrics.json`` and ``log.jsonl``."""
     metrics = read_json_object(artifact.path / "metrics.json")
-    history = [json.loads(line) for line in (artifact.path / "log.jsonl").read_text().splitlines() if line]
+    history = read_history(artifact.path)
     config = artifact.config.get("config") or {}
     epochs, cap = int(metrics["epochs_run"]), int(config.get("epochs", 0))
     return {

@@ -379,6 +379,25 @@ def read_json_object(path: Path) -> dict[str, Any]:
     return value
 
 
+def read_history(artifact: Path) -> list[dict[str, Any]]:
+    """An artifact's per-epoch training records (``log.jsonl``), or a clear error naming the line."""
+    path = Path(artifact) / "log.jsonl"
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        msg = f"{path}: cannot read: {first_line(exc)}"
+        raise InputError(msg) from exc
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                msg = f"{path}: line {number}: not valid JSON: {first_line(exc)}"
+                raise InputError(msg) from exc
+    return records
+
+
 def _read_tensors(path: Path, keys: tuple[str, ...]) -> dict[str, Tensor]:
     try:
         value = torch.load(path, map_location="cpu", weights_only=True)

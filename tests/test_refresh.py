@@ -18,7 +18,7 @@ from toy_artifact import make_artifact
 
 from pipelines.refresh import EXIT_NOT_PROMOTED, RefreshConfig, champion_scorer, ingest_like
 from pipelines.synthetic import SyntheticConfig, generate
-from recsys.artifact import load_artifact
+from recsys.artifact import load_artifact, read_history
 from recsys.cli import main
 from recsys.dataset import Dataset
 from recsys.errors import InputError
@@ -263,3 +263,13 @@ def test_the_champion_scores_a_new_version_by_raw_id(tmp_path):
     for row, expected in zip(scores, (ann, dan, eve), strict=True):
         torch.testing.assert_close(row[[0, 2]], expected)
         assert row[1] == -torch.inf  # item 50: not recommendable by v1
+
+
+def test_training_log_reader_names_the_file_and_line_it_cannot_parse(tmp_path):
+    (tmp_path / "log.jsonl").write_text('{"epoch": 1, "step": 4}\n\n{"epoch": 2, "step": 8}\n{"epoch": 3,\n')
+    with pytest.raises(InputError, match=r"log\.jsonl: line 4: not valid JSON"):
+        read_history(tmp_path)
+    (tmp_path / "log.jsonl").write_text('{"epoch": 1, "step": 4}\n\n{"epoch": 2, "step": 8}\n')
+    assert [r["step"] for r in read_history(tmp_path)] == [4, 8]  # blank lines skipped
+    with pytest.raises(InputError, match=r"log\.jsonl: cannot read"):
+        read_history(tmp_path / "missing")
