@@ -1,8 +1,8 @@
 """Full-ranking evaluation speed on the gowalla shapes, and the whole ``recsys evaluate`` on gowalla.
 
-Part 1 times ``recsys.ranking.full_ranking`` on random 64-d embeddings of 29,858 users x 40,981 items, train
-interactions masked, K = 20, with ``torch.set_num_threads(2)``: median of several repeats, with the
-breakdown setup / score (the matmul) / mask / top-k / metrics, for a few variants (matmul backend and
+Part 1 times ``recsys.evaluation.ranking.full_ranking`` on random 64-d embeddings of 29,858 users x 40,981
+items, train interactions masked, K = 20, with ``torch.set_num_threads(2)``: median of several repeats, with
+the breakdown setup / score (the matmul) / mask / top-k / metrics, for a few variants (matmul backend and
 layout, top-k prefilter on or off, chunk size). The masked and ground-truth pairs are gowalla's train and
 test when /work/shared/data/gowalla exists (ingested into a temporary directory with the preset split),
 otherwise random pairs of the same sizes.
@@ -54,12 +54,12 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from recsys import topk  # noqa: E402
 from recsys.artifact import write_embeddings_artifact  # noqa: E402
-from recsys.dataset import Dataset, load_dataset  # noqa: E402
-from recsys.ranking import full_ranking  # noqa: E402
-from recsys.scoring import EmbeddingScorer, FunctionScorer, Scorer  # noqa: E402
-from recsys.topk import auto_batch_size  # noqa: E402
+from recsys.data.dataset import Dataset, load_dataset  # noqa: E402
+from recsys.evaluation.ranking import full_ranking  # noqa: E402
+from recsys.inference import topk  # noqa: E402
+from recsys.inference.scoring import EmbeddingScorer, FunctionScorer, Scorer  # noqa: E402
+from recsys.inference.topk import auto_batch_size  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GOWALLA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gowalla"
@@ -191,7 +191,7 @@ def _time_variant(
 
 
 TARGET_RATIO = 4.0
-"""Issue 12: the whole ``recsys evaluate`` on gowalla test costs at most this many bare matmuls."""
+"""The target: the whole ``recsys evaluate`` on gowalla test costs at most this many bare matmuls."""
 
 
 def _bare_matmul(user: torch.Tensor, item: torch.Tensor, repeats: int) -> float:

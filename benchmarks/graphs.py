@@ -17,7 +17,7 @@ from train import GOWALLA, gowalla
 from pipelines import IngestConfig, ingest
 from pipelines.readers import LogSpec
 from pipelines.synthetic import SyntheticConfig, generate
-from recsys.demo import SAMPLE_LOG
+from recsys.commands.demo import SAMPLE_LOG
 
 
 def sample(workdir: Path) -> Path:

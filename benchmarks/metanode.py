@@ -11,12 +11,13 @@ and ``full`` (every node, exact). Two modes, each printing a table and writing u
 
       python benchmarks/metanode.py step --models xsimgcl,simgcl
 
-* ``train``: the accuracy. One cell is one honest-protocol run (``recsys.jobs.train_artifact``: train on
-  train, select on valid, test once) of a graph, model, preset, variant and λ, ended by the default stopping
-  rule (or ``--max-steps``). Each cell's row (selected epoch, valid and test Recall@20 / NDCG@20, training
-  seconds per epoch and to the best, the probe's gap, the valid curve with cumulative seconds) is added to
-  ``metanode_train<tag>.json`` as soon as the cell ends; re-running the same command skips recorded cells and
-  resumes an interrupted one from its checkpoint (same ``--threads``: the config must match). Then, per
+* ``train``: the accuracy. One cell is one honest-protocol run (``recsys.training.jobs.train_artifact``: train
+  on train, select on valid, test once) of a graph, model, preset, variant and λ, ended by the default
+  stopping rule (or ``--max-steps``). Each cell's row (selected epoch, valid and test Recall@20 / NDCG@20,
+  training seconds per epoch and to the best, the probe's gap, the valid curve with cumulative seconds) is
+  added to ``metanode_train<tag>.json`` as soon as the cell ends; re-running the same command skips recorded
+  cells and resumes an interrupted one from its checkpoint (same ``--threads``: the config must match). Then,
+  per
   graph: λ is selected on valid per variant, the markdown tables are printed (with the valid Recall@20 each
   variant had by the training time in_batch took to its best) and valid Recall@20 against training seconds
   is plotted (``metanode_train<tag>_<graph>.png``). Graphs are those of ``benchmarks/graphs.py``.
@@ -56,20 +57,21 @@ from train import GOWALLA, RESULTS, gowalla, train_or_resume, write_rows
 from recsys.artifact import read_history, read_json_object
 from recsys.atomic import atomic_write_text
 from recsys.config import DEFAULT_PRESET, TrainConfig, config_from_dict
-from recsys.dataset import Dataset, load_dataset
-from recsys.graph import NodeOrder, build_graph
-from recsys.metanode import ContrastiveNegatives
-from recsys.models import EmbeddingModel, build_model
-from recsys.objectives import OBJECTIVES, Batch
-from recsys.protocol import training_splits
-from recsys.sampling import NegativeSampler
-from recsys.train import epoch_batches, should_stop
+from recsys.data.dataset import Dataset, load_dataset
+from recsys.data.graph import NodeOrder, build_graph
+from recsys.data.protocol import training_splits
+from recsys.data.sampling import NegativeSampler
+from recsys.models.base import EmbeddingModel
+from recsys.models.build import build_model
+from recsys.training.loop import epoch_batches, should_stop
+from recsys.training.metanode import ContrastiveNegatives
+from recsys.training.objectives import OBJECTIVES, Batch
 
 METRIC = "recall@20"
 DEFAULT_VARIANTS = (
     "in_batch,metanode:256,metanode:1024,metanode:1024:first,metanode:1024:detach,metanode:4096,full"
 )
-# The study's grid (issue 13): K in {256, 1024, 4096}, second and first order, detached statistics.
+# The study's grid: K in {256, 1024, 4096}, second and first order, detached statistics.
 TRAIN_VARIANTS = (
     "in_batch,full,metanode:256,metanode:1024,metanode:4096,"
     "metanode:256:first,metanode:1024:first,metanode:4096:first,metanode:1024:detach"
@@ -243,7 +245,7 @@ def cell_config(cell: Cell, graph: Graph, threads: int, probe_every: int, full_b
 
 
 def run_cell(cell: Cell, graph: Graph, cfg: TrainConfig, workdir: Path) -> dict[str, Any]:
-    """Train the cell through ``recsys.jobs.train_artifact`` (resuming its checkpoint), then read its row.
+    """Train the cell through ``training.jobs.train_artifact`` (resuming its checkpoint), then read its row.
 
     A finished artifact of the same config is read, not retrained; everything in the row comes from the
     artifact's log and metrics, so a resumed run reports all its epochs.

@@ -1,4 +1,4 @@
-"""Evidence for warm start (issue 14, part 3): a warm start on new data against a cold retrain.
+"""Evidence for warm start: a warm start on new data against a cold retrain.
 
 Per graph, the training interactions of the full dataset are split into an older 80 % and a newer 20 %: by
 time where the log has timestamps (one global cut at the 80 % time quantile, so new users and items
@@ -46,9 +46,9 @@ from pipelines import IngestConfig, ingest
 from pipelines.readers import LogSpec
 from recsys.artifact import read_history, read_json_object
 from recsys.config import DEFAULT_PRESET, PRESETS, TrainConfig, config_from_dict
-from recsys.jobs import train_artifact
-from recsys.training_run import CHECKPOINT_FILE
-from recsys.warmstart import load_parent
+from recsys.training.jobs import train_artifact
+from recsys.training.run import CHECKPOINT_FILE
+from recsys.training.warmstart import load_parent
 
 METRIC = "recall@20"
 OLD_SHARE = 0.8

@@ -39,13 +39,13 @@ from ingest import run_once
 
 from pipelines.synthetic import SyntheticConfig, generate
 from recsys.config import TrainConfig
-from recsys.dataset import load_dataset
-from recsys.graph import NodeOrder, build_graph
-from recsys.models import build_model
-from recsys.objectives import OBJECTIVES
-from recsys.retrieval import build_index
-from recsys.sampling import NegativeSampler
-from recsys.train import epoch_batches
+from recsys.data.dataset import load_dataset
+from recsys.data.graph import NodeOrder, build_graph
+from recsys.data.sampling import NegativeSampler
+from recsys.inference.retrieval import build_index
+from recsys.models.build import build_model
+from recsys.training.loop import epoch_batches
+from recsys.training.objectives import OBJECTIVES
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

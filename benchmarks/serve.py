@@ -12,7 +12,7 @@ Where the time goes: the first table times the ``Recommender`` alone, in this pr
 mask, top-k, id mapping, pydantic encoding of the answer) for 1 to 100 users per call. The difference
 between that and the latency at concurrency 1 is HTTP, the Serve proxy and the hop to the replica.
 
-Targets (issue #6): one user per request >= 400 req/s at concurrency 16-64 with p99 <= 100 ms; the batch
+Targets: one user per request >= 400 req/s at concurrency 16-64 with p99 <= 100 ms; the batch
 endpoint >= 20,000 users/s. The load generator shares the machine's cores with the server: on a 2-core
 machine it takes a good part of one, which lowers every number here.
 
@@ -98,7 +98,7 @@ def build_artifact(workdir: Path) -> Path:
     from pipelines.dataset import write_dataset
     from pipelines.splits import Splits
     from recsys.artifact import write_embeddings_artifact
-    from recsys.dataset import load_dataset
+    from recsys.data.dataset import load_dataset
 
     out = workdir / "artifact"
     if (out / "config.json").exists():
@@ -132,7 +132,7 @@ def compute_breakdown(artifact: Path, repeats: int) -> list[dict[str, float]]:
     """
     import torch
 
-    from recsys.recommend import Recommender
+    from recsys.inference.recommend import Recommender
     from serving.app import item_scores
     from serving.schemas import BatchResponse, UserRecommendation
 
@@ -225,7 +225,7 @@ def fastapi_server(artifact: Path, port: int) -> Iterator[str]:
     import uvicorn
     from fastapi import FastAPI
 
-    from recsys.recommend import Recommender
+    from recsys.inference.recommend import Recommender
     from serving.app import item_scores
     from serving.schemas import BatchRequest, BatchResponse, UserRecommendation
 

@@ -39,8 +39,8 @@ from train import GOWALLA, RESULTS, merged_with_earlier, write_rows
 
 from recsys.artifact import read_history
 from recsys.config import PRESETS, TrainConfig, config_from_dict
-from recsys.dataset import Dataset, load_dataset
-from recsys.train import fit, should_stop
+from recsys.data.dataset import Dataset, load_dataset
+from recsys.training.loop import fit, should_stop
 
 METRIC = "recall@20"
 OLD_PATIENCE_EVALS = 5  # the rule this one replaced: 5 evaluations without improvement

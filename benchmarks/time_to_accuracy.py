@@ -44,11 +44,11 @@ import torch
 from train import GOWALLA, RESULTS, gowalla, reference_epoch_s, write_rows
 
 from recsys.config import config_from_dict
-from recsys.dataset import Dataset
-from recsys.graph import NodeOrder, build_graph
-from recsys.protocol import selection_split
-from recsys.train import fit
-from recsys.training_run import CHECKPOINT_FILE
+from recsys.data.dataset import Dataset
+from recsys.data.graph import NodeOrder, build_graph
+from recsys.data.protocol import selection_split
+from recsys.training.loop import fit
+from recsys.training.run import CHECKPOINT_FILE
 
 FLOOR_PRODUCTS = 4  # sparse products per 2-layer step: 2 forward, 2 backward
 BATCHES = 396  # gowalla's steps per epoch at batch 2048 (810,128 train ∪ valid pairs)

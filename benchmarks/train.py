@@ -41,17 +41,18 @@ from pipelines import IngestConfig, ingest
 from pipelines.readers import LogSpec
 from recsys.artifact import read_json_object
 from recsys.config import TrainConfig, config_from_dict
-from recsys.dataset import Dataset, load_dataset
+from recsys.data.dataset import Dataset, load_dataset
+from recsys.data.graph import NodeOrder, build_graph, propagate
+from recsys.data.sampling import NegativeSampler
 from recsys.errors import InputError
-from recsys.graph import NodeOrder, build_graph, propagate
-from recsys.jobs import train_artifact
-from recsys.losses import bpr_loss, l2_reg
-from recsys.model_registry import MODELS
-from recsys.models import build_model, lightgcn
-from recsys.objectives import OBJECTIVES, Batch
-from recsys.sampling import NegativeSampler
-from recsys.train import epoch_batches, fit
-from recsys.training_run import CHECKPOINT_FILE
+from recsys.models import lightgcn
+from recsys.models.build import build_model
+from recsys.models.registry import MODELS
+from recsys.training.jobs import train_artifact
+from recsys.training.loop import epoch_batches, fit
+from recsys.training.losses import bpr_loss, l2_reg
+from recsys.training.objectives import OBJECTIVES, Batch
+from recsys.training.run import CHECKPOINT_FILE
 
 GOWALLA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gowalla"
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -12,8 +12,8 @@ of its time) where the plain warm start does not (gowalla):
   fraction of a cold one, and the old pairs, already fitted, are revisited less;
 * ``part F``: each epoch is a random ``F`` of all pairs, to read the valid curve at a finer step.
 
-The two sampling variants replace ``recsys.train.epoch_batches`` for the run (this process only): they are
-experiments, not features. Cost is reported in optimiser steps, which a warm and a cold step share, so the
+The two sampling variants replace ``recsys.training.loop.epoch_batches`` for the run (this process only): they
+are experiments, not features. Cost is reported in optimiser steps, which a warm and a cold step share, so the
 figures hold on a machine shared with other jobs; seconds are printed too.
 
     python benchmarks/warm_variants.py --workdir /tmp/exp2/refresh --preset fast --shrink 0.3 --replay 1
@@ -42,13 +42,13 @@ from refresh import GOAL_ACCURACY, GOAL_TIME, GRAPHS, METRIC
 from torch import Tensor
 from train import RESULTS, merged_with_earlier, write_rows
 
-import recsys.train as training
+import recsys.training.loop as training
 from recsys.artifact import read_history, read_json_object
-from recsys.dataset import load_dataset
-from recsys.objectives import Batch
-from recsys.sampling import NegativeSampler
-from recsys.topk import ChunkedPairs
-from recsys.warmstart import Parent, WarmStart, load_parent
+from recsys.data.dataset import load_dataset
+from recsys.data.sampling import NegativeSampler
+from recsys.inference.topk import ChunkedPairs
+from recsys.training.objectives import Batch
+from recsys.training.warmstart import Parent, WarmStart, load_parent
 
 
 def trained_by_parent(start: WarmStart) -> Tensor:

@@ -9,8 +9,8 @@ from typing import Any
 
 import polars as pl
 
-import recsys
 from pipelines.splits import Splits
+from recsys._version import __version__
 from recsys.atomic import atomic_directory
 
 DATASET_FORMAT_VERSION = 1
@@ -32,7 +32,7 @@ def write_dataset(
     full_meta = {
         "format_version": DATASET_FORMAT_VERSION,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "recsys_version": recsys.__version__,
+        "recsys_version": __version__,
         **meta,
     }
     with atomic_directory(out, force=force) as tmp:

@@ -6,8 +6,8 @@ by more than a margin -> ``POST /admin/reload`` to the running service (or only 
 
 **The champion on the new data** is scored as it would serve it, by raw id: users and items it knows keep
 their final embeddings; a new user is folded in from their training items that it knows
-(:meth:`recsys.recommend.Recommender.fold_in`, what ``POST /recommend/new-user`` does), or gets its popular
-items when it knows none of them (serving's ``fallback=popular``); items it does not know can never be
+(:meth:`recsys.inference.recommend.Recommender.fold_in`, what ``POST /recommend/new-user`` does), or gets its
+popular items when it knows none of them (serving's ``fallback=popular``); items it does not know can never be
 recommended by it. The challenger is trained under the honest protocol (selected on valid), so the test
 split is new to both.
 
@@ -54,16 +54,16 @@ from recsys.artifact import (
     read_json_object,
 )
 from recsys.atomic import atomic_write_text
-from recsys.dataset import Dataset, load_dataset
+from recsys.data.dataset import Dataset, load_dataset
+from recsys.data.protocol import excluded_splits, selection_split, training_splits
 from recsys.errors import InputError, first_line
-from recsys.jobs import train_artifact
-from recsys.metrics import METRIC_NAMES
-from recsys.protocol import excluded_splits, selection_split, training_splits
-from recsys.ranking import GroundTruth, full_ranking
-from recsys.recommend import Recommender
-from recsys.scoring import EmbeddingScorer
-from recsys.training_run import CHECKPOINT_FILE
-from recsys.warmstart import Parent, load_parent, match_ids, raw_ids
+from recsys.evaluation.metrics import METRIC_NAMES
+from recsys.evaluation.ranking import GroundTruth, full_ranking
+from recsys.inference.recommend import Recommender
+from recsys.inference.scoring import EmbeddingScorer
+from recsys.training.jobs import train_artifact
+from recsys.training.run import CHECKPOINT_FILE
+from recsys.training.warmstart import Parent, load_parent, match_ids, raw_ids
 
 logger = logging.getLogger(__name__)
 

@@ -3,4 +3,6 @@
 Kept import-light on purpose: ``recsys --help`` and the ingest pipeline must not pay for torch or Ray.
 """
 
-__version__ = "0.1.0"
+from recsys._version import __version__
+
+__all__ = ["__version__"]

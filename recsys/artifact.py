@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-import recsys
+from recsys._version import __version__
 from recsys.atomic import atomic_directory, check_directory
-from recsys.dataset import Dataset
+from recsys.data.dataset import Dataset
 from recsys.errors import InputError, first_line
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ def write_artifact(
 
     ``config.json`` also records the dataset's ingest options (``dataset.options``, from its ``meta.json``),
     so the next version of the log can be ingested the same way (``recsys refresh``), and, for a
-    warm-started model, its ``parent`` (:meth:`recsys.warmstart.WarmStart.record`): its lineage.
+    warm-started model, its ``parent`` (:meth:`recsys.training.warmstart.WarmStart.record`): its lineage.
     """
     if dataset.path is None:
         msg = "the dataset must come from a directory (its id maps are copied into the artifact)"
@@ -148,7 +148,7 @@ def write_artifact(
             "model": config["model"],
             "config": config,
             "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "recsys_version": recsys.__version__,
+            "recsys_version": __version__,
             "num_users": dataset.num_users,
             "num_items": dataset.num_items,
             "embedding_dim": int(user_emb.size(1)),
@@ -287,8 +287,8 @@ def embedding_problems(
     """What keeps embeddings from scoring ``num_users`` x ``num_items``; empty when nothing does.
 
     The one shape rule of scoring embeddings, applied by :func:`load_artifact` to an artifact's files and by
-    :func:`recsys.evaluate.evaluate_split` to embeddings from anywhere: floating ``(num_users, d)`` and
-    ``(num_items, d)`` matrices of one width ``d``.
+    :func:`recsys.evaluation.evaluate.evaluate_split` to embeddings from anywhere: floating ``(num_users, d)``
+    and ``(num_items, d)`` matrices of one width ``d``.
 
     Args:
         user_emb: User embeddings.
@@ -412,6 +412,6 @@ def _read_tensors(path: Path, keys: tuple[str, ...]) -> dict[str, Tensor]:
 
 def _plot(history: list[dict[str, Any]], out: Path) -> None:
     """Loss terms and the evaluated metrics per epoch, side by side."""
-    from recsys.plots import training_curve
+    from recsys.evaluation.plots import training_curve
 
     training_curve(history).savefig(out, dpi=80)

@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from recsys import __version__
+from recsys._version import __version__
 from recsys.commands.data import add_generate, add_ingest
 from recsys.commands.demo import add_demo
 from recsys.commands.evaluation import add_evaluate, add_report

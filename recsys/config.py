@@ -7,9 +7,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from recsys.data.protocol import parse_protocol
 from recsys.errors import InputError
-from recsys.model_registry import MODELS, ModelSpec, contrastive_models
-from recsys.protocol import parse_protocol
+from recsys.models.registry import MODELS, ModelSpec, contrastive_models
 
 CL_NEGATIVES = ("in_batch", "full", "metanode")
 KEY_WEIGHTS = ("uniform", "degree")
@@ -51,7 +51,7 @@ class TrainConfig:
     comments beside a few fields say why they are as they are.
 
     λ, ε and τ (``cl_weight``, ``noise_eps``, ``temperature``) are ``None`` until :meth:`resolved`, meaning
-    "the model's own value" (:data:`recsys.model_registry.MODELS`). Training resolves the config first, so
+    "the model's own value" (:data:`recsys.models.registry.MODELS`). Training resolves the config first, so
     for a contrastive model they are floats everywhere after that, the artifact's ``config.json`` included.
     ``mf`` and ``lightgcn`` have no contrastive term and never read them; resolving leaves them as given
     (``None`` unless set) instead of inventing values that would have no effect.
@@ -91,7 +91,7 @@ class TrainConfig:
         "honest",
         "honest: train on train, select on valid, test once; paper: train on train+valid, best test epoch "
         "(as the authors)",
-    )  # recsys.protocol says which splits each one uses
+    )  # recsys.data.protocol says which splits each one uses
     seed: int = option(0, "seed of initialisation, sampling and noise")
     device: str = option("auto", "auto (CUDA if available), cpu or cuda")
     threads: int | None = option(None, "CPU threads for torch (default: torch's choice)")

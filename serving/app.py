@@ -1,4 +1,4 @@
-"""The Ray Serve application: a thin FastAPI wrapper over :class:`recsys.recommend.Recommender`.
+"""The Ray Serve application: a thin FastAPI wrapper over :class:`recsys.inference.recommend.Recommender`.
 
 All recommendation logic lives in the plain class; this module maps HTTP to it: validation and status
 codes, ``@serve.batch`` to turn concurrent single-user requests into one matrix product, a health check,
@@ -22,7 +22,7 @@ from ray.serve import Application
 from ray.serve.config import DeploymentActorConfig
 
 from recsys.errors import InputError
-from recsys.recommend import Recommendation, Recommender, UnknownIdError
+from recsys.inference.recommend import Recommendation, Recommender, UnknownIdError
 from serving.registry import REGISTRY_NAME, ArtifactRegistry, Target
 from serving.schemas import (
     BatchRequest,

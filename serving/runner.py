@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from recsys.local_ray import init_ray
+from recsys.runtime import init_ray
 from serving.app import ServeArgs, build_app
 
 logger = logging.getLogger(__name__)
@@ -19,7 +19,7 @@ def start(args: ServeArgs, *, host: str = "127.0.0.1", port: int = 8000, address
     """Start Ray (unless running), Serve's HTTP proxy on ``host:port``, and the app; return its URL.
 
     Without ``address`` a local Ray starts on 127.0.0.1 with no dashboard and usage stats off
-    (:func:`recsys.local_ray.init_ray`); its workers' logs stay in Ray's log files.
+    (:func:`recsys.runtime.init_ray`); its workers' logs stay in Ray's log files.
     """
     from ray import serve
 

@@ -10,20 +10,20 @@ import torch
 
 from pipelines import IngestConfig, ingest
 from pipelines.readers import LogSpec
-from recsys.baselines import (
+from recsys.data.dataset import load_dataset
+from recsys.evaluation.baselines import (
     PopularityScorer,
     RandomScorer,
     expected_random,
     popular_lists,
     popularity_order,
 )
-from recsys.dataset import load_dataset
-from recsys.evaluate import evaluate_split
-from recsys.graph_filter import GraphFilter, GraphFilterConfig, _Mix, _top_right_singular_vectors
-from recsys.metrics import ranking_metrics
-from recsys.ranking import GroundTruth, ListMeasure, full_ranking, topk_items
-from recsys.segments import define_segments
-from recsys.topk import excluded_pairs
+from recsys.evaluation.evaluate import evaluate_split
+from recsys.evaluation.graph_filter import GraphFilter, GraphFilterConfig, _Mix, _top_right_singular_vectors
+from recsys.evaluation.metrics import ranking_metrics
+from recsys.evaluation.ranking import GroundTruth, ListMeasure, full_ranking, topk_items
+from recsys.evaluation.segments import define_segments
+from recsys.inference.topk import excluded_pairs
 
 REPO_SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "interactions.csv"
 
@@ -228,7 +228,7 @@ def test_graph_filter_row_beats_popular_on_the_sample(sample) -> None:
 
 @pytest.mark.slow
 def test_graph_filter_on_gowalla_honest(gowalla_dir, tmp_path) -> None:
-    """Issue 12: test Recall@20 >= 0.180 under the honest protocol (train only, tuned on valid)."""
+    """Test Recall@20 >= 0.180 under the honest protocol (train only, tuned on valid)."""
     cfg = IngestConfig(
         out=tmp_path / "gowalla",
         spec=LogSpec(format="lightgcn"),

@@ -1,4 +1,4 @@
-"""Data-parallel training on Ray Train (issue #7): sharding, equivalence with one process, artifact, restart.
+"""Data-parallel training on Ray Train: sharding, equivalence with one process, artifact, restart.
 
 One local Ray (127.0.0.1, 2 CPUs) serves the whole module; each Ray Train run starts 2 CPU workers. The
 default suite runs one of them; the restart and accuracy checks are marked ``slow``.
@@ -16,14 +16,14 @@ from pipelines.synthetic import SyntheticConfig, generate
 from recsys.artifact import load_artifact
 from recsys.cli import main
 from recsys.config import TrainConfig
-from recsys.dataset import Dataset, load_dataset
-from recsys.distributed import ScaleConfig, fit_distributed
+from recsys.data.dataset import Dataset, load_dataset
 from recsys.errors import InputError
-from recsys.evaluate import evaluate_split
-from recsys.jobs import train_artifact
-from recsys.local_ray import init_ray
-from recsys.objectives import Batch
-from recsys.train import Replica, fit
+from recsys.evaluation.evaluate import evaluate_split
+from recsys.runtime import init_ray
+from recsys.training.distributed import ScaleConfig, fit_distributed
+from recsys.training.jobs import train_artifact
+from recsys.training.loop import Replica, fit
+from recsys.training.objectives import Batch
 
 
 @pytest.fixture(scope="module")

@@ -18,17 +18,17 @@ from toy_artifact import random_artifact
 from pipelines import IngestConfig, ingest
 from pipelines.readers import LogSpec
 from recsys.artifact import ArtifactModel, load_artifact, load_artifact_model
-from recsys.baselines import PopularityScorer, RandomScorer
 from recsys.cli import main
-from recsys.dataset import Dataset, load_dataset
+from recsys.data.dataset import Dataset, load_dataset
+from recsys.data.protocol import Protocol, excluded_splits, training_splits
 from recsys.errors import InputError
-from recsys.evaluate import evaluate_split
-from recsys.metrics import ranking_metrics
-from recsys.protocol import Protocol, excluded_splits, training_splits
-from recsys.ranking import GroundTruth, evaluate_embeddings, full_ranking, topk_items
-from recsys.report import format_report, write_report
-from recsys.scoring import EmbeddingScorer, FunctionScorer
-from recsys.topk import TOPK_BLOCK, ChunkedPairs, auto_batch_size, excluded_pairs, topk_rows
+from recsys.evaluation.baselines import PopularityScorer, RandomScorer
+from recsys.evaluation.evaluate import evaluate_split
+from recsys.evaluation.metrics import ranking_metrics
+from recsys.evaluation.ranking import GroundTruth, evaluate_embeddings, full_ranking, topk_items
+from recsys.evaluation.report import format_report, write_report
+from recsys.inference.scoring import EmbeddingScorer, FunctionScorer
+from recsys.inference.topk import TOPK_BLOCK, ChunkedPairs, auto_batch_size, excluded_pairs, topk_rows
 
 NUM_USERS, NUM_ITEMS, DIM = 25, 40, 8
 
@@ -310,7 +310,7 @@ def test_cli_evaluate_reads_the_protocol_from_the_artifact(tiny_dataset, tmp_pat
 
 
 def test_cli_evaluate_refuses_an_artifact_of_another_dataset(tiny_dataset, tmp_path, capsys, caplog) -> None:
-    """Same counts, other data: the digest recorded at training names the mismatch (issue 12)."""
+    """Same counts, other data: the digest recorded at training names the mismatch."""
     artifact = tmp_path / "run"
     random_artifact(tiny_dataset, artifact)
     recorded = json.loads((artifact / "config.json").read_text())["dataset"]["meta_sha256"]
@@ -389,7 +389,7 @@ def test_the_evaluate_command_ends_at_once_with_its_output_written(tiny_dataset,
     imported = {
         line.rpartition("|")[2].strip() for line in done.stderr.splitlines() if "import time:" in line
     }
-    assert "torch" in imported and "recsys.evaluate" in imported
+    assert "torch" in imported and "recsys.evaluation.evaluate" in imported
     assert not any(name.partition(".")[0] in ("polars", "pandas") for name in imported)
     missing = [*command[:1], "-m", "recsys.cli", *args[:2], str(tmp_path / "missing"), *args[3:]]
     done = subprocess.run(missing, capture_output=True, text=True, env=env, timeout=600, check=False)

@@ -1,8 +1,8 @@
 import torch
 from torch_geometric.nn import LightGCN as PygLightGCN
 
-from recsys.graph import NodeOrder, build_graph, gather_and_propagate_rows, propagate, propagate_rows
-from recsys.models import LightGCN
+from recsys.data.graph import NodeOrder, build_graph, gather_and_propagate_rows, propagate, propagate_rows
+from recsys.models.lightgcn import LightGCN
 
 
 def toy():

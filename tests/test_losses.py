@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from recsys.losses import bpr_loss, info_nce, l2_reg
+from recsys.training.losses import bpr_loss, info_nce, l2_reg
 
 
 def test_bpr_loss_against_a_loop():

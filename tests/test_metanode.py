@@ -8,13 +8,13 @@ from test_train import two_communities
 
 from recsys.cli import build_parser
 from recsys.config import TrainConfig, config_from_dict
+from recsys.data.graph import build_graph
 from recsys.errors import InputError
-from recsys.graph import build_graph
-from recsys.losses import info_nce, info_nce_full, info_nce_metanode
-from recsys.metanode import ContrastiveNegatives, spherical_kmeans
-from recsys.models import build_model
-from recsys.objectives import OBJECTIVES, Batch
-from recsys.train import fit
+from recsys.models.build import build_model
+from recsys.training.loop import fit
+from recsys.training.losses import info_nce, info_nce_full, info_nce_metanode
+from recsys.training.metanode import ContrastiveNegatives, spherical_kmeans
+from recsys.training.objectives import OBJECTIVES, Batch
 
 TAU = 0.2
 

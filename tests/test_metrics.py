@@ -14,7 +14,7 @@ from torch_geometric.metrics import (
     LinkPredRecall,
 )
 
-from recsys.metrics import RankingAccumulator, check_ks, ranking_metrics, relevance
+from recsys.evaluation.metrics import RankingAccumulator, check_ks, ranking_metrics, relevance
 
 NAMES = ("recall", "ndcg", "precision", "hit", "mrr")
 
@@ -134,7 +134,7 @@ def _random_case(seed: int, num_rows: int = 40, num_items: int = 30, k: int = 12
 
 
 def _naive(topk: torch.Tensor, gt: torch.Tensor, ks: list[int], num_items: int) -> dict[str, float]:
-    """The definitions of recsys.metrics, one user at a time in plain Python."""
+    """The definitions of recsys.evaluation.metrics, one user at a time in plain Python."""
     relevant: dict[int, set[int]] = {}
     for r, i in gt.t().tolist():
         relevant.setdefault(r, set()).add(i)

@@ -1,12 +1,15 @@
 import torch
 
 from recsys.config import TrainConfig
-from recsys.graph import build_graph
-from recsys.losses import bpr_loss, l2_reg
-from recsys.model_registry import CONTRASTIVE_FIELDS, MODELS, contrastive_models
-from recsys.models import MF, LightGCN, SimGCL, XSimGCL, build_model, perturb, uniform_noise
-from recsys.objectives import OBJECTIVES, Batch, batch_rows
-from recsys.sampling import NegativeSampler
+from recsys.data.graph import build_graph
+from recsys.data.sampling import NegativeSampler
+from recsys.models.base import perturb, uniform_noise
+from recsys.models.build import build_model
+from recsys.models.lightgcn import LightGCN, SimGCL, XSimGCL
+from recsys.models.mf import MF
+from recsys.models.registry import CONTRASTIVE_FIELDS, MODELS, contrastive_models
+from recsys.training.losses import bpr_loss, l2_reg
+from recsys.training.objectives import OBJECTIVES, Batch, batch_rows
 
 
 def small_graph():

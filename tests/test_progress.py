@@ -1,4 +1,4 @@
-"""Progress reporting: a bar on a terminal, plain lines in a log (recsys.progress; issue 15)."""
+"""Progress reporting: a bar on a terminal, plain lines in a log (recsys.progress)."""
 
 import io
 import logging

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from recsys.dataset import Dataset
+from recsys.data.dataset import Dataset
+from recsys.data.protocol import Protocol, excluded_splits, parse_protocol, selection_split, training_splits
 from recsys.errors import InputError
-from recsys.protocol import Protocol, excluded_splits, parse_protocol, selection_split, training_splits
 
 
 def test_each_protocol_trains_selects_and_masks_as_its_table_says():

@@ -7,9 +7,9 @@ from toy_artifact import ITEMS, USERS, make_artifact
 
 from recsys.artifact import Artifact
 from recsys.errors import InputError
-from recsys.ranking import topk_items
-from recsys.recommend import Recommender, UnknownIdError
-from recsys.scoring import EmbeddingScorer
+from recsys.evaluation.ranking import topk_items
+from recsys.inference.recommend import Recommender, UnknownIdError
+from recsys.inference.scoring import EmbeddingScorer
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_approximate_retrieval_matches_exact_on_a_small_catalogue(rec, kind):
 
 
 def test_served_lists_are_the_evaluated_lists():
-    """Serving and evaluation share one mask-and-top-k (issue 15): same lists, seen items out, ties alike."""
+    """Serving and evaluation share one mask-and-top-k: same lists, seen items out, ties alike."""
     num_users, num_items = 12, 300
     g = torch.Generator().manual_seed(0)
     # Small integers: every product is exact whichever BLAS computes it, and many scores tie.

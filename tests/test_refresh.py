@@ -1,4 +1,4 @@
-"""`recsys refresh` end to end (issue 14) against a real Ray Serve on 127.0.0.1, started once for the module.
+"""`recsys refresh` end to end against a real Ray Serve on 127.0.0.1, started once for the module.
 
 Model v1 is trained on an old log that lacks some users and items and is served; a refresh with the whole
 log promotes a warm-started challenger with no failed request during the swap, and the new users get
@@ -20,11 +20,11 @@ from pipelines.refresh import EXIT_NOT_PROMOTED, RefreshConfig, champion_scorer,
 from pipelines.synthetic import SyntheticConfig, generate
 from recsys.artifact import load_artifact, read_history
 from recsys.cli import main
-from recsys.dataset import Dataset
+from recsys.data.dataset import Dataset
 from recsys.errors import InputError
-from recsys.jobs import train_artifact
-from recsys.recommend import Recommender
-from recsys.warmstart import load_parent
+from recsys.inference.recommend import Recommender
+from recsys.training.jobs import train_artifact
+from recsys.training.warmstart import load_parent
 from serving.app import ServeArgs
 from serving.runner import running
 

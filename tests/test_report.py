@@ -14,7 +14,7 @@ from toy_artifact import random_artifact
 from pipelines import IngestConfig, ingest
 from pipelines.readers import LogSpec
 from recsys.cli import main
-from recsys.report_html import CHARTS
+from recsys.evaluation.report_html import CHARTS
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 LOG = "user_id,item_id\n" + "".join(f"u{u},i{(u * 7 + j * 3) % 23}\n" for u in range(40) for j in range(8))

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from recsys.errors import InputError
-from recsys.retrieval import build_index
+from recsys.inference.retrieval import build_index
 
 
 def vectors(n, d=16, seed=0):

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from recsys.geometry import UNIFORMITY_T, alignment, uniformity
-from recsys.ranking import full_ranking, topk_items
-from recsys.scoring import EmbeddingScorer
-from recsys.segments import ITEM_SEGMENTS, USER_SEGMENTS, define_segments, gini
+from recsys.evaluation.geometry import UNIFORMITY_T, alignment, uniformity
+from recsys.evaluation.ranking import full_ranking, topk_items
+from recsys.evaluation.segments import ITEM_SEGMENTS, USER_SEGMENTS, define_segments, gini
+from recsys.inference.scoring import EmbeddingScorer
 
 
 def test_segment_cuts_follow_interaction_mass_and_activity_quantiles() -> None:

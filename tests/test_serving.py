@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from toy_artifact import make_artifact
 
-from recsys.recommend import Recommender
+from recsys.inference.recommend import Recommender
 from serving.app import ServeArgs, api
 from serving.runner import running
 

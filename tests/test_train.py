@@ -10,12 +10,12 @@ from pipelines.synthetic import SyntheticConfig, generate
 from recsys.artifact import load_artifact, load_state_dict
 from recsys.cli import main
 from recsys.config import TrainConfig, config_from_dict, load_config_file
-from recsys.dataset import Dataset
+from recsys.data.dataset import Dataset
+from recsys.data.graph import build_graph
 from recsys.errors import InputError
-from recsys.graph import build_graph
-from recsys.jobs import train_artifact
-from recsys.models import build_model
-from recsys.train import fit
+from recsys.models.build import build_model
+from recsys.training.jobs import train_artifact
+from recsys.training.loop import fit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,7 @@ def dataset_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sample_dir(tmp_path_factory):
     """The bundled sample log (975 users, 759 items, 14,897 training pairs), ingested as the demo does."""
-    from recsys.demo import SAMPLE_LOG
+    from recsys.commands.demo import SAMPLE_LOG
 
     spec = LogSpec("csv", time_col="timestamp", rating_col="rating")
     config = IngestConfig(
@@ -107,7 +107,7 @@ def check_resume_matches(data, cfg, ckpt):
 
 
 def test_resume_ends_exactly_as_an_uninterrupted_run(dataset_dir, tmp_path):
-    from recsys.dataset import load_dataset
+    from recsys.data.dataset import load_dataset
 
     data = load_dataset(dataset_dir)
     cfg = TrainConfig(model="xsimgcl", embedding_dim=16, batch_size=256, epochs=4, seed=3)
@@ -130,7 +130,7 @@ def test_resume_ends_exactly_as_an_uninterrupted_run(dataset_dir, tmp_path):
 
 def test_two_threads_same_seed_runs_and_a_resumed_run_are_bit_identical(sample_dir, tmp_path):
     """With several threads the gathers' scatter-adds could sum in any order; training makes them fixed."""
-    from recsys.dataset import load_dataset
+    from recsys.data.dataset import load_dataset
 
     data = load_dataset(sample_dir)  # big enough for torch to split the scatter-adds between threads
     cfg = TrainConfig(model="xsimgcl", batch_size=512, epochs=3, seed=5, threads=2)
@@ -149,7 +149,7 @@ def test_default_stop_waits_out_the_contrastive_dip_that_stopped_the_old_rule(sa
     a hundred while the contrastive term spreads the embeddings, then climbs far higher. Patience counted in
     evaluations (the old rule: 5) stopped inside that dip; the default rule, in optimiser steps, trains on.
     """
-    from recsys.dataset import load_dataset
+    from recsys.data.dataset import load_dataset
 
     class Recovered(Exception):
         """Training went on past the dip and beat the early peak by 10 %: enough seen."""
@@ -169,8 +169,8 @@ def test_default_stop_waits_out_the_contrastive_dip_that_stopped_the_old_rule(sa
 
 
 def test_stopping_rule_counts_steps_since_the_best_and_a_minimum(dataset_dir):
-    from recsys.dataset import load_dataset
-    from recsys.train import should_stop
+    from recsys.data.dataset import load_dataset
+    from recsys.training.loop import should_stop
 
     cfg = TrainConfig(patience_steps=100, min_steps=300)
     assert not should_stop(cfg, step=250, best_step=100)  # patience spent, but below the minimum
@@ -191,8 +191,8 @@ def test_stopping_rule_counts_steps_since_the_best_and_a_minimum(dataset_dir):
 
 
 def test_resume_with_metanode_negatives_ends_exactly_as_an_uninterrupted_run(dataset_dir, tmp_path):
-    """The k-means state (clusters, generator, probe counters) travels in the checkpoint (issue #5)."""
-    from recsys.dataset import load_dataset
+    """The k-means state (clusters, generator, probe counters) travels in the checkpoint."""
+    from recsys.data.dataset import load_dataset
 
     data = load_dataset(dataset_dir)
     cfg = TrainConfig(
@@ -213,8 +213,8 @@ def test_resume_with_metanode_negatives_ends_exactly_as_an_uninterrupted_run(dat
 
 def test_resume_accepts_a_checkpoint_written_before_the_negatives_options(dataset_dir, tmp_path):
     """A checkpoint without the fields added for issue #5 ran with their defaults: it can be resumed."""
-    from recsys.dataset import load_dataset
-    from recsys.training_run import CHECKPOINT_FILE
+    from recsys.data.dataset import load_dataset
+    from recsys.training.run import CHECKPOINT_FILE
 
     data = load_dataset(dataset_dir)
     cfg = TrainConfig(model="mf", embedding_dim=8, batch_size=512, epochs=2, seed=1)
@@ -259,7 +259,7 @@ def test_artifact_round_trip_gives_identical_scores(dataset_dir, tmp_path):
         TrainConfig(**art.config["config"]), art.config["num_users"], art.config["num_items"]
     )
     rebuilt.load_state_dict(load_state_dict(out))
-    from recsys.dataset import load_dataset
+    from recsys.data.dataset import load_dataset
 
     data = load_dataset(dataset_dir)
     emb = rebuilt.get_embedding(build_graph(data.train, data.num_users, data.num_items).adj)

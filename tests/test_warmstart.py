@@ -1,4 +1,4 @@
-"""Warm start (issue 14): ids matched by raw id, the init rules against a naive per-row loop, training."""
+"""Warm start: ids matched by raw id, the init rules against a naive per-row loop, training."""
 
 import json
 from dataclasses import replace
@@ -13,11 +13,11 @@ from pipelines.synthetic import SyntheticConfig, generate
 from recsys.artifact import load_artifact, load_state_dict
 from recsys.cli import main
 from recsys.config import WARM_PATIENCE_STEPS, TrainConfig
-from recsys.dataset import load_dataset
+from recsys.data.dataset import load_dataset
 from recsys.errors import InputError
-from recsys.jobs import train_artifact
-from recsys.training_run import prepare_run
-from recsys.warmstart import (
+from recsys.training.jobs import train_artifact
+from recsys.training.run import prepare_run
+from recsys.training.warmstart import (
     WarmStart,
     load_parent,
     match_ids,
@@ -33,7 +33,7 @@ def test_match_ids_by_text_with_missing_ids():
 
 
 def naive_warm_start(parent_user, parent_item, user_match, item_match, pairs, random_user, random_item):
-    """The rules of recsys.warmstart, one row at a time."""
+    """The rules of recsys.training.warmstart, one row at a time."""
     edges = list(zip(pairs[0].tolist(), pairs[1].tolist(), strict=True))
     user, item = random_user.clone(), random_item.clone()
     for u, m in enumerate(user_match.tolist()):

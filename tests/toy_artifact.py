@@ -9,7 +9,7 @@ import polars as pl
 import torch
 
 from recsys.artifact import write_artifact, write_embeddings_artifact
-from recsys.dataset import Dataset, load_dataset
+from recsys.data.dataset import Dataset, load_dataset
 
 USERS = ["ann", "bob", "cy"]
 ITEMS = [10, 20, 30, 40]

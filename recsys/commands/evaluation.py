@@ -17,7 +17,7 @@ from recsys.commands.options import HelpFormatter, csv_names
 from recsys.errors import InputError
 
 if TYPE_CHECKING:
-    from recsys.report import EvaluationReport
+    from recsys.evaluation.report import EvaluationReport
 
 
 def _ks(text: str) -> tuple[int, ...]:
@@ -40,12 +40,14 @@ def _import_evaluation() -> None:
     share of what `recsys evaluate` costs besides the ranking itself; frozen (:func:`gc.freeze`), they are
     skipped, and the objects the evaluation makes are collected as usual.
     """
-    if "recsys.evaluate" in sys.modules:  # loaded already (a test calling main), so nothing to save
+    if (
+        "recsys.evaluation.evaluate" in sys.modules
+    ):  # loaded already (a test calling main), so nothing to save
         return
     enabled = gc.isenabled()
     gc.disable()
     try:
-        import recsys.evaluate  # noqa: F401
+        import recsys.evaluation.evaluate  # noqa: F401
     finally:
         if enabled:
             gc.enable()
@@ -54,7 +56,7 @@ def _import_evaluation() -> None:
 
 def _baseline_names(text: str) -> tuple[str, ...]:
     _import_evaluation()  # argparse converts the default too: evaluate and report load their stack here
-    from recsys.baselines import BASELINES
+    from recsys.evaluation.baselines import BASELINES
 
     names = () if text.strip().lower() == "none" else csv_names(text)
     unknown = [name for name in names if name not in BASELINES]
@@ -140,8 +142,8 @@ def add_evaluate(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
 def _evaluation(args: argparse.Namespace) -> EvaluationReport:
     """Run the evaluation the shared options describe."""
     _import_evaluation()
-    from recsys.dataset import load_dataset
-    from recsys.evaluate import evaluate_artifact, evaluate_split
+    from recsys.data.dataset import load_dataset
+    from recsys.evaluation.evaluate import evaluate_artifact, evaluate_split
     from recsys.runtime import resolve_device
 
     if args.batch_size is not None and args.batch_size <= 0:
@@ -173,7 +175,7 @@ def _evaluation(args: argparse.Namespace) -> EvaluationReport:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from recsys.report import format_report, write_report
+    from recsys.evaluation.report import format_report, write_report
 
     report = _evaluation(args)
     print(format_report(report))
@@ -209,7 +211,7 @@ def add_report(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from recsys.report_html import write_html_report
+    from recsys.evaluation.report_html import write_html_report
 
     print(f"wrote {write_html_report(_evaluation(args), args.out)}")
     return 0

@@ -106,7 +106,7 @@ def add_recommend(sub: argparse._SubParsersAction, common: argparse.ArgumentPars
 def _run_recommend(args: argparse.Namespace) -> int:
     import json
 
-    from recsys.recommend import Recommender
+    from recsys.inference.recommend import Recommender
 
     rec = Recommender.from_artifact(args.artifact)
     exclude_seen = not args.include_seen

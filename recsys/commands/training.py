@@ -16,7 +16,7 @@ from typing import Any
 from recsys.commands.options import HelpFormatter
 from recsys.config import TrainConfig, load_config_file, parse_bool
 from recsys.errors import InputError
-from recsys.model_registry import CONTRASTIVE_FIELDS, MODELS
+from recsys.models.registry import CONTRASTIVE_FIELDS, MODELS
 
 _FIELDS: dict[str, Field[Any]] = {option.name: option for option in fields(TrainConfig)}
 
@@ -150,10 +150,10 @@ def add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) 
 
 def _run_train(args: argparse.Namespace) -> int:
     from recsys.config import config_from_dict
-    from recsys.distributed import ScaleConfig
-    from recsys.jobs import train_artifact
-    from recsys.protocol import selection_split
-    from recsys.warmstart import load_parent
+    from recsys.data.protocol import selection_split
+    from recsys.training.distributed import ScaleConfig
+    from recsys.training.jobs import train_artifact
+    from recsys.training.warmstart import load_parent
 
     values = _train_values(args)
     source = str(args.config or "options")

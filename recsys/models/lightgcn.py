@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from recsys.graph import gather_and_propagate_rows, propagate, propagate_rows
+from recsys.data.graph import gather_and_propagate_rows, propagate, propagate_rows
 from recsys.models.base import EmbeddingModel, Embeddings, Rows, Views, perturb, uniform_noise
 
 

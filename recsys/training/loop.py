@@ -1,15 +1,15 @@
 """The one training loop: sample, objective, Adam step, validate, early-stop.
 
 Readable top to bottom (nanoGPT style). The model-specific part is the objective from
-:data:`recsys.objectives.OBJECTIVES`; everything else is shared by all four models. The same epoch loop
-(:func:`train_epochs`) runs in this process (:func:`fit`) or as one of several data-parallel replicas on
-Ray Train (:mod:`recsys.distributed`); the two differ only in the :class:`Replica` hooks. What a run is
-built from, and its checkpoints, are :mod:`recsys.training_run`; loading a dataset directory and writing
-the artifact around a run is :mod:`recsys.jobs`.
+:data:`recsys.training.objectives.OBJECTIVES`; everything else is shared by all four models. The same epoch
+loop (:func:`train_epochs`) runs in this process (:func:`fit`) or as one of several data-parallel replicas on
+Ray Train (:mod:`recsys.training.distributed`); the two differ only in the :class:`Replica` hooks. What a run
+is built from, and its checkpoints, are :mod:`recsys.training.run`; loading a dataset directory and writing
+the artifact around a run is :mod:`recsys.training.jobs`.
 
-Which splits the model trains on, is selected on and is tested on is the protocol's (:mod:`recsys.protocol`):
-under ``honest`` test is evaluated once with the selected weights; under ``paper`` the selection split is
-test itself, and the best test epoch is reported.
+Which splits the model trains on, is selected on and is tested on is the protocol's
+(:mod:`recsys.data.protocol`): under ``honest`` test is evaluated once with the selected weights; under
+``paper`` the selection split is test itself, and the best test epoch is reported.
 """
 
 from __future__ import annotations
@@ -27,16 +27,16 @@ import torch
 from torch import Tensor
 
 from recsys.config import TrainConfig
-from recsys.dataset import Dataset
+from recsys.data.dataset import Dataset
+from recsys.data.protocol import TEST_SPLIT, excluded_splits
+from recsys.data.sampling import NegativeSampler
 from recsys.errors import InputError
-from recsys.models import EmbeddingModel, Embeddings
-from recsys.objectives import Batch
+from recsys.evaluation.ranking import evaluate_embeddings
+from recsys.models.base import EmbeddingModel, Embeddings
 from recsys.progress import Progress
-from recsys.protocol import TEST_SPLIT, excluded_splits
-from recsys.ranking import evaluate_embeddings
 from recsys.runtime import resolve_device
-from recsys.sampling import NegativeSampler
-from recsys.training_run import (
+from recsys.training.objectives import Batch
+from recsys.training.run import (
     CHECKPOINT_FILE,
     TrainRun,
     TrainState,
@@ -46,7 +46,7 @@ from recsys.training_run import (
 )
 
 if TYPE_CHECKING:
-    from recsys.warmstart import WarmStart
+    from recsys.training.warmstart import WarmStart
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def fit(
         progress: Report progress within each epoch (:mod:`recsys.progress`: a bar on a terminal, else a
             line every 30 s).
         callback: Called with each epoch's record (the one extension point).
-        init: Start from a trained artifact's layer 0 (:mod:`recsys.warmstart`) instead of the random
+        init: Start from a trained artifact's layer 0 (:mod:`recsys.training.warmstart`) instead of the random
             init; only on a fresh start (a resumed run continues its checkpoint's weights).
 
     Returns:
@@ -154,7 +154,8 @@ class Replica:
     """This process's place among data-parallel training processes; the default is the only process.
 
     The epoch loop calls the hooks below where replicas must agree. Here they are no-ops, so :func:`fit`
-    runs exactly as a plain loop; :class:`recsys.distributed.TorchReplica` implements them with collectives.
+    runs exactly as a plain loop; :class:`recsys.training.distributed.TorchReplica` implements them with
+    collectives.
 
     Args:
         rank: This replica's index, ``0 <= rank < world_size``; rank 0 validates and checkpoints.

@@ -1,7 +1,7 @@
 """The evaluation report: its rows, its JSON (``eval_<split>.json``) and its plain-text table.
 
-:func:`recsys.evaluate.evaluate_split` fills it; ``recsys evaluate`` prints :func:`format_report` and writes
-:func:`write_report`, and :mod:`recsys.report_html` renders the same object as a page.
+:func:`recsys.evaluation.evaluate.evaluate_split` fills it; ``recsys evaluate`` prints :func:`format_report`
+and writes :func:`write_report`, and :mod:`recsys.evaluation.report_html` renders the same object as a page.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 from torch import Tensor
 
 from recsys.atomic import atomic_write_text
-from recsys.metrics import METRIC_NAMES
-from recsys.protocol import Protocol
-from recsys.segments import ITEM_SEGMENTS, USER_SEGMENTS, threshold_label
+from recsys.data.protocol import Protocol
+from recsys.evaluation.metrics import METRIC_NAMES
+from recsys.evaluation.segments import ITEM_SEGMENTS, USER_SEGMENTS, threshold_label
 
 REPORT_FORMAT_VERSION = 2
 
@@ -32,7 +32,7 @@ class ReportRow:
         name: The model's name, or a baseline's (``popular``, ``random``, ``graph-filter``).
         metrics: ``{"recall@20": ..., "gini@20": ...}``.
         seconds: Wall time of the row, end to end (a baseline's fitting and tuning included).
-        segments: Metrics by user and item segment (see :mod:`recsys.segments`).
+        segments: Metrics by user and item segment (see :mod:`recsys.evaluation.segments`).
         details: How the row was obtained (e.g. the graph filter's selected hyperparameters).
         exposure: ``(len(ks), num_items)`` lists each item appears in (not written to JSON).
     """
@@ -60,7 +60,7 @@ class EvaluationReport:
     """Metrics of a model and the baselines on one split under one protocol.
 
     Args:
-        protocol: ``honest`` or ``paper`` (see :mod:`recsys.protocol`).
+        protocol: ``honest`` or ``paper`` (see :mod:`recsys.data.protocol`).
         split: The evaluated split, ``valid`` or ``test``.
         ks: Cut-offs.
         num_users: Users evaluated (with ground truth in ``split``).

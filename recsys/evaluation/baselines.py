@@ -7,7 +7,8 @@ Each is computed at its natural cost, from the training interactions of the prot
 * ``random``: a uniformly random ranking of each user's candidate (unmasked) items. Its metrics are the
   closed-form expectations (:func:`expected_random`), exact and free of sampling noise; full ranking of
   uniform scores (:class:`RandomScorer`) is kept as the reference they are tested against.
-* ``graph-filter``: a training-free low-pass graph filter (GF-CF family), in :mod:`recsys.graph_filter`.
+* ``graph-filter``: a training-free low-pass graph filter (GF-CF family), in
+:mod:`recsys.evaluation.graph_filter`.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor
 
-from recsys.metrics import RankingAccumulator, check_ks
-from recsys.ranking import GroundTruth, RankingResult
-from recsys.segments import ITEM_SEGMENTS, USER_SEGMENTS, Segments, summarise
-from recsys.topk import ChunkedPairs, excluded_pairs
+from recsys.evaluation.metrics import RankingAccumulator, check_ks
+from recsys.evaluation.ranking import GroundTruth, RankingResult
+from recsys.evaluation.segments import ITEM_SEGMENTS, USER_SEGMENTS, Segments, summarise
+from recsys.inference.topk import ChunkedPairs, excluded_pairs
 
 BASELINES = {
     "popular": "the most popular training items the user has not seen",
@@ -76,7 +77,7 @@ def popular_lists(
     exclude: Tensor | ChunkedPairs,
     batch_size: int = 4096,
 ) -> Iterator[tuple[int, int, Tensor]]:
-    r"""The first ``k`` items of ``order`` each user may get, chunked like :func:`recsys.topk.topk_chunks`.
+    r"""The first ``k`` items of ``order`` each user may get, chunked like ``topk.topk_chunks``.
 
     No scores and no per-user window: if a user's masked items sit at places :math:`m_0 < m_1 < \dots` of
     the order, its :math:`j`-th free place (from 0) is :math:`j + |\{t : m_t - t \le j\}|` (each masked place
@@ -89,7 +90,7 @@ def popular_lists(
         k: List length.
         num_users: Number of users.
         exclude: Pairs never to recommend, ``(2, E)``, or the same prepared for ``users``
-            (:func:`recsys.topk.excluded_pairs`).
+            (:func:`recsys.inference.topk.excluded_pairs`).
         batch_size: Users per chunk.
 
     Yields:
@@ -168,13 +169,13 @@ def expected_random(
     Args:
         truth: The evaluated users and their relevant items.
         exclude: Masked pairs, ``(2, E)``, or the same prepared for ``truth.users``
-            (:func:`recsys.topk.excluded_pairs`).
+            (:func:`recsys.inference.topk.excluded_pairs`).
         ks: Cut-offs.
         item_popularity: Popularity per item, for ``popularity@K``.
         segments: If given, the segment metrics too (``gini@K`` is then that of the expected exposure).
 
     Returns:
-        The expected metrics, as a :class:`recsys.ranking.RankingResult`.
+        The expected metrics, as a :class:`recsys.evaluation.ranking.RankingResult`.
     """
     start = time.perf_counter()
     ks = check_ks(ks)

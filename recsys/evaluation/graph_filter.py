@@ -16,8 +16,9 @@ comes from a randomized SVD (subspace iteration on the sparse :math:`\tilde R`, 
 :math:`\alpha` and :math:`\gamma` are selected on the selection split (valid under the honest protocol),
 from a 3 x 3 grid, on a fixed sample of its users (:meth:`GraphFilter.select`).
 
-It learns from the protocol's training interactions only, like the other rows of :mod:`recsys.baselines`
-(whose registry names it ``graph-filter``), and unlike them it costs a fit, so it is asked for by name.
+It learns from the protocol's training interactions only, like the other rows of
+:mod:`recsys.evaluation.baselines` (whose registry names it ``graph-filter``), and unlike them it costs a fit,
+so it is asked for by name.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from recsys.ranking import GroundTruth, ListMeasure
-from recsys.topk import auto_batch_size, topk_chunks
+from recsys.evaluation.ranking import GroundTruth, ListMeasure
+from recsys.inference.topk import auto_batch_size, topk_chunks
 
 if TYPE_CHECKING:  # scipy is imported where the graph filter is built: `recsys evaluate` starts faster
     import scipy.sparse as sp
@@ -144,12 +145,12 @@ class GraphFilter:
         """Evaluate the grid on (a sample of) the users of ``truth`` and return the best point.
 
         Each chunk of users gets the two filters' scores once; every grid point then mixes them into the
-        score buffer and is ranked and measured as a full ranking (:func:`recsys.topk.topk_chunks`).
+        score buffer and is ranked and measured as a full ranking (:func:`recsys.inference.topk.topk_chunks`).
 
         Args:
             truth: Relevant pairs of the selection split, ``(2, E)``.
             exclude: Pairs never recommended there (e.g. train), ``(2, E')``.
-            batch_size: Users per chunk; default: :func:`recsys.topk.auto_batch_size`.
+            batch_size: Users per chunk; default: :func:`recsys.inference.topk.auto_batch_size`.
         """
         cfg = self.config
         k = int(cfg.metric.split("@")[1])

@@ -1,8 +1,9 @@
 """Scorers: anything that writes the scores of all items for a chunk of users into a buffer.
 
 The model is :class:`EmbeddingScorer` (dot products of the final embeddings, written straight into the
-evaluator's buffer); the baselines of :mod:`recsys.baselines` and :mod:`recsys.graph_filter` are scorers too,
-so :func:`recsys.topk.topk_chunks` ranks every row of a report the same way.
+evaluator's buffer); the baselines of :mod:`recsys.evaluation.baselines` and
+:mod:`recsys.evaluation.graph_filter` are scorers too, so :func:`recsys.inference.topk.topk_chunks` ranks
+every row of a report the same way.
 """
 
 from __future__ import annotations

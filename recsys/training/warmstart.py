@@ -40,11 +40,11 @@ from torch import Tensor
 from recsys.artifact import Artifact, load_artifact, load_state_dict
 from recsys.atomic import atomic_write_text
 from recsys.config import DEFAULT_PRESET, PRESETS, WARM_PATIENCE_STEPS, TrainConfig, config_from_dict
-from recsys.dataset import Dataset
+from recsys.data.dataset import Dataset
+from recsys.data.graph import NodeOrder
+from recsys.data.protocol import training_splits
 from recsys.errors import InputError, first_line
-from recsys.graph import NodeOrder
-from recsys.models import EmbeddingModel, Embeddings
-from recsys.protocol import training_splits
+from recsys.models.base import EmbeddingModel, Embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -279,7 +279,7 @@ def warm_start_embeddings(
 
 @dataclass(frozen=True)
 class WarmStart:
-    """A parent matched to one dataset, laid over the random init by :func:`recsys.training_run.prepare_run`.
+    """A parent matched to one dataset, laid over the random init by :func:`recsys.training.run.prepare_run`.
 
     Args:
         parent: The artifact to start from.

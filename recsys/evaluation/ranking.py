@@ -1,19 +1,21 @@
 """Full-ranking offline evaluation: every item is scored for every evaluated user, seen items are masked.
 
-The engine under training's model selection (on valid) and ``recsys evaluate`` (:mod:`recsys.evaluate`). The
-metrics are defined in :mod:`recsys.metrics`, the segment and bias measures in :mod:`recsys.segments`. The
-evaluator works on any :class:`~recsys.scoring.Scorer`; :class:`~recsys.scoring.EmbeddingScorer` is the
-model (dot products of user and item embeddings), and the baselines of :mod:`recsys.baselines` and
-:mod:`recsys.graph_filter` are scorers or list generators too.
+The engine under training's model selection (on valid) and ``recsys evaluate``
+(:mod:`recsys.evaluation.evaluate`). The metrics are defined in :mod:`recsys.evaluation.metrics`, the segment
+and bias measures in :mod:`recsys.evaluation.segments`. The evaluator works on any
+:class:`~recsys.inference.scoring.Scorer`; :class:`~recsys.inference.scoring.EmbeddingScorer` is the model
+(dot products of user and item embeddings), and the baselines of :mod:`recsys.evaluation.baselines` and
+:mod:`recsys.evaluation.graph_filter` are scorers or list generators too.
 
 How one chunk of ``B`` users is evaluated (no Python loop over users, the full score matrix never exists):
 
 1. score: the scorer writes ``(B, num_items)`` scores into one preallocated buffer (for embeddings, one
-   BLAS product ``user_chunk @ item_emb.T`` with ``out=buffer``; see :mod:`recsys.scoring`);
+   BLAS product ``user_chunk @ item_emb.T`` with ``out=buffer``; see :mod:`recsys.inference.scoring`);
 2. mask: the excluded (user, item) pairs of the chunk are a contiguous slice of sorted flat keys
    ``row * num_items + item`` (a CSR over the evaluated users), set to ``-inf`` with one ``index_fill_``;
-3. top-k: ``torch.topk`` after an exact block-max prefilter on CPU (:func:`~recsys.topk.topk_rows`), best
-   first; steps 1 to 3 are :func:`recsys.topk.topk_chunks`, whose mask-and-top-k serving uses too;
+3. top-k: ``torch.topk`` after an exact block-max prefilter on CPU (:func:`~recsys.inference.topk.topk_rows`),
+   best first; steps 1 to 3 are :func:`recsys.inference.topk.topk_chunks`, whose mask-and-top-k serving uses
+   too;
 4. metrics: hits by ``searchsorted`` of the top-k keys in the chunk's sorted ground-truth keys
    (:class:`ListMeasure`, which takes top-k lists from any source).
 """
@@ -28,10 +30,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from recsys.metrics import DEFAULT_KS, RankingAccumulator, check_ks, sorted_relevance
-from recsys.scoring import EmbeddingScorer, Scorer
-from recsys.segments import USER_SEGMENTS, SegmentAccumulator, Segments
-from recsys.topk import ChunkedPairs, PhaseClock, check_pairs, topk_chunks
+from recsys.evaluation.metrics import DEFAULT_KS, RankingAccumulator, check_ks, sorted_relevance
+from recsys.evaluation.segments import USER_SEGMENTS, SegmentAccumulator, Segments
+from recsys.inference.scoring import EmbeddingScorer, Scorer
+from recsys.inference.topk import ChunkedPairs, PhaseClock, check_pairs, topk_chunks
 
 
 @dataclass(frozen=True)
@@ -39,12 +41,12 @@ class RankingResult:
     """The metrics of one scorer on one set of users.
 
     Args:
-        metrics: ``{"recall@20": ..., ...}``, see :mod:`recsys.metrics`.
+        metrics: ``{"recall@20": ..., ...}``, see :mod:`recsys.evaluation.metrics`.
         num_users: Users evaluated (with at least one ground-truth item).
         num_skipped: Users without ground truth, not evaluated.
         seconds: Wall time of the evaluation.
-        segments: Metrics by user and item segment and the bias measures (see :mod:`recsys.segments`),
-            when segments were given.
+        segments: Metrics by user and item segment and the bias measures (see
+            :mod:`recsys.evaluation.segments`), when segments were given.
         exposure: ``(len(ks), num_items)`` lists each item appears in at each K (expected values for a
             closed-form baseline), when segments were given.
     """
@@ -167,8 +169,8 @@ def full_ranking(
 ) -> RankingResult:
     """Score all items for every user with ground truth, mask ``exclude``, take the top K and measure.
 
-    Users are processed in chunks of ``batch_size`` (:func:`recsys.topk.topk_chunks`); peak memory is one
-    ``(batch_size, num_items)`` score buffer plus the index tensors. Ground-truth items that are also
+    Users are processed in chunks of ``batch_size`` (:func:`recsys.inference.topk.topk_chunks`); peak memory
+    is one ``(batch_size, num_items)`` score buffer plus the index tensors. Ground-truth items that are also
     excluded still count in :math:`|R_u|` but can never be hit (the splits of a dataset directory are
     disjoint, so this does not happen there).
 
@@ -180,11 +182,11 @@ def full_ranking(
         num_users: Number of users; users without ground truth are skipped and counted.
         num_items: Number of items (columns of the score matrix).
         exclude: Pairs never to recommend (e.g. train), shape ``(2, E')``, or the same prepared for the
-            ground truth's users (:func:`recsys.topk.excluded_pairs`).
+            ground truth's users (:func:`recsys.inference.topk.excluded_pairs`).
         ks: Cut-offs of the metrics.
         item_popularity: Popularity per item, shape ``(num_items,)``, for ``popularity@K``.
         segments: If given, also the metrics by user and item segment and the bias measures.
-        batch_size: Users per chunk; default: :func:`recsys.topk.auto_batch_size`.
+        batch_size: Users per chunk; default: :func:`recsys.inference.topk.auto_batch_size`.
         timings: If given, seconds per phase are added to it under ``setup``, ``score``, ``mask``,
             ``topk`` and ``metrics`` (synchronising the device between phases, which costs a little).
 
@@ -237,7 +239,7 @@ def topk_items(
 ) -> Tensor:
     """The top-``k`` unmasked items of each user, best first, shape ``(U, k)`` (``-1``: padding).
 
-    All chunks of :func:`recsys.topk.topk_chunks` concatenated; see there for the arguments.
+    All chunks of :func:`recsys.inference.topk.topk_chunks` concatenated; see there for the arguments.
     """
     chunks = topk_chunks(
         scorer, users, k, num_users=num_users, num_items=num_items, exclude=exclude, batch_size=batch_size

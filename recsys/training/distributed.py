@@ -1,7 +1,7 @@
-"""Data-parallel training on Ray Train: N replicas of the one loop in :mod:`recsys.train`.
+"""Data-parallel training on Ray Train: N replicas of the one loop in :mod:`recsys.training.loop`.
 
-Every worker holds the whole graph and embedding table and runs :func:`recsys.train.train_epochs` with a
-:class:`TorchReplica`. All workers draw the same global permutation and negatives each epoch (same sampling
+Every worker holds the whole graph and embedding table and runs :func:`recsys.training.loop.train_epochs` with
+a :class:`TorchReplica`. All workers draw the same global permutation and negatives each epoch (same sampling
 seed); worker ``r`` trains on part ``r`` of every global batch, and the gradients are combined into the
 global batch's gradient before each Adam step, so N workers take the steps one process would take with the
 same ``batch_size``. Only the perturbation noise differs per worker (seeded per rank).
@@ -28,12 +28,13 @@ import torch
 import torch.distributed as dist
 
 from recsys.config import TrainConfig
-from recsys.dataset import Dataset
+from recsys.data.dataset import Dataset
+from recsys.data.protocol import training_splits
 from recsys.errors import InputError
-from recsys.models import EmbeddingModel, Embeddings, build_model
-from recsys.protocol import training_splits
-from recsys.train import Replica, TrainResult, finish_run, train_epochs
-from recsys.training_run import TrainState, load_checkpoint, prepare_run, save_checkpoint
+from recsys.models.base import EmbeddingModel, Embeddings
+from recsys.models.build import build_model
+from recsys.training.loop import Replica, TrainResult, finish_run, train_epochs
+from recsys.training.run import TrainState, load_checkpoint, prepare_run, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ FINAL_FILE = "final.pt"
 
 @dataclass(frozen=True)
 class ScaleConfig:
-    """Where ``recsys train`` runs. One worker is the plain in-process :func:`recsys.train.fit`.
+    """Where ``recsys train`` runs. One worker is the plain in-process :func:`recsys.training.loop.fit`.
 
     Args:
         workers: Data-parallel Ray Train workers; 1 trains in this process without Ray.
@@ -127,7 +128,7 @@ def fit_distributed(
     progress: bool = True,
     callback: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
-    """Train on ``scale.workers`` Ray Train workers; the same result type as :func:`recsys.train.fit`.
+    """Train on ``scale.workers`` Ray Train workers; the same result type as :func:`recsys.training.loop.fit`.
 
     Args:
         dataset: The dataset; sent to the workers through Ray, so they need no access to its directory.
@@ -248,7 +249,7 @@ def _ray(address: str | None) -> Iterator[None]:
     """
     import ray
 
-    from recsys.local_ray import init_ray
+    from recsys.runtime import init_ray
 
     if not init_ray(address):
         yield

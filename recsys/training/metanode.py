@@ -1,9 +1,10 @@
 """Full-population InfoNCE negatives for SimGCL/XSimGCL: spherical k-means, the per-run state, the probe.
 
 Design: ``docs/metanode.md``. The losses themselves are the pure functions
-:func:`recsys.losses.info_nce_full` and :func:`recsys.losses.info_nce_metanode`; this module holds what
-they need between steps: the hard cluster assignment of every user and every item (refreshed by spherical
-k-means every ``metanode_refresh_epochs`` epochs), the key weights, and the probe's running averages.
+:func:`recsys.training.losses.info_nce_full` and :func:`recsys.training.losses.info_nce_metanode`; this module
+holds what they need between steps: the hard cluster assignment of every user and every item (refreshed by
+spherical k-means every ``metanode_refresh_epochs`` epochs), the key weights, and the probe's running
+averages.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recsys.config import CL_NEGATIVES, TrainConfig
-from recsys.losses import info_nce, info_nce_full, info_nce_metanode
+from recsys.training.losses import info_nce, info_nce_full, info_nce_metanode
 
 WARM_ITERS = 3  # Lloyd iterations of a warm-started refresh
 MAX_FIT_NODES = 200_000  # above this many nodes, k-means is fitted on a subsample ...
@@ -118,7 +119,7 @@ class _Clusters(NamedTuple):
 class ContrastiveNegatives:
     """Per-run state of the InfoNCE negatives, and the contrastive loss of one side given that state.
 
-    One object per training run, created by :func:`recsys.training_run.prepare_run` and passed to the
+    One object per training run, created by :func:`recsys.training.run.prepare_run` and passed to the
     objectives by keyword. ``in_batch`` (the default) and ``full`` hold no state; ``metanode`` holds each
     side's k-means centroids and assignment, refreshed by :meth:`refresh` at the start of an epoch (a no-op
     in the other modes), and saved in checkpoints through :meth:`state_dict`.
@@ -236,7 +237,8 @@ class ContrastiveNegatives:
             temperature: τ.
 
         Returns:
-            The loss, a 0-dim tensor. ``in_batch`` is exactly :func:`recsys.losses.info_nce` on the batch.
+            The loss, a 0-dim tensor. ``in_batch`` is exactly :func:`recsys.training.losses.info_nce` on the
+            batch.
         """
         if self.mode == "in_batch":
             return info_nce(view_a[nodes], view_b[nodes], temperature)

@@ -1,8 +1,8 @@
 """The plain recommender over an artifact: what ``recsys recommend`` and the HTTP service both call.
 
 All scoring is one matrix product with the item embedding matrix, then the mask-and-top-k of evaluation
-(:func:`recsys.topk.mask_topk`), so a served list is the list the metrics measured: no loop over items, no
-model code (the artifact's final embeddings are all it needs), no dataset directory.
+(:func:`recsys.inference.topk.mask_topk`), so a served list is the list the metrics measured: no loop over
+items, no model code (the artifact's final embeddings are all it needs), no dataset directory.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from torch import Tensor
 
 from recsys.artifact import Artifact, load_artifact
 from recsys.errors import InputError
-from recsys.retrieval import ItemIndex, build_index
-from recsys.topk import mask_topk
+from recsys.inference.retrieval import ItemIndex, build_index
+from recsys.inference.topk import mask_topk
 
 
 class UnknownIdError(InputError):
@@ -49,7 +49,7 @@ class Recommender:
         retrieval: ``exact`` (default: every item scored) or an approximate faiss index, ``ivf`` or
             ``hnsw``, for catalogues of millions of items. It serves :meth:`recommend` without an
             ``include`` list; fold-in, similar items and ``include`` stay exact.
-        retrieval_options: Passed to :func:`recsys.retrieval.build_index` (e.g. ``nprobe``).
+        retrieval_options: Passed to :func:`recsys.inference.retrieval.build_index` (e.g. ``nprobe``).
     """
 
     def __init__(
@@ -246,7 +246,7 @@ class Recommender:
         """The top ``k`` of ``(B, num_items)`` scores after the item filters and the per-row ``masked`` keys.
 
         The filters apply to every row (raw ids); ``masked`` (flat keys ``row * num_items + item``, e.g. the
-        seen items) and the top-k are evaluation's own :func:`recsys.topk.mask_topk`.
+        seen items) and the top-k are evaluation's own :func:`recsys.inference.topk.mask_topk`.
         """
         _check_k(k)
         if exclude:

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from recsys.atomic import check_directory
+from recsys.data.protocol import SPLIT_NAMES
 from recsys.errors import InputError, first_line
-from recsys.protocol import SPLIT_NAMES
 
 _PAIR_COLUMNS = ("user_idx", "item_idx")
 _REQUIRED = ("train.parquet", "valid.parquet", "test.parquet", "users.parquet", "items.parquet", "meta.json")

@@ -1,10 +1,10 @@
 """A training run's parts and state: built before the first epoch, carried between epochs, checkpointed.
 
 :func:`prepare_run` builds what every replica of a run needs (graph, model, optimiser, sampler, generators,
-the selection split); :class:`TrainState` is what the epoch loop (:mod:`recsys.train`) carries from epoch
-to epoch; :func:`save_checkpoint` and :func:`load_checkpoint` write and restore both, so a resumed run ends
-exactly as an uninterrupted one. The loop of this process and the Ray Train workers
-(:mod:`recsys.distributed`) share all of it.
+the selection split); :class:`TrainState` is what the epoch loop (:mod:`recsys.training.loop`) carries from
+epoch to epoch; :func:`save_checkpoint` and :func:`load_checkpoint` write and restore both, so a resumed run
+ends exactly as an uninterrupted one. The loop of this process and the Ray Train workers
+(:mod:`recsys.training.distributed`) share all of it.
 """
 
 from __future__ import annotations
@@ -18,18 +18,19 @@ import torch
 from torch import Tensor
 
 from recsys.config import TrainConfig
-from recsys.dataset import Dataset
+from recsys.data.dataset import Dataset
+from recsys.data.graph import NodeOrder, build_graph
+from recsys.data.protocol import excluded_splits, selection_split, training_splits
+from recsys.data.sampling import NegativeSampler
 from recsys.errors import InputError
-from recsys.graph import NodeOrder, build_graph
-from recsys.metanode import ContrastiveNegatives
-from recsys.metrics import DEFAULT_KS
-from recsys.models import EmbeddingModel, build_model
-from recsys.objectives import OBJECTIVES, Objective
-from recsys.protocol import excluded_splits, selection_split, training_splits
-from recsys.sampling import NegativeSampler
+from recsys.evaluation.metrics import DEFAULT_KS
+from recsys.models.base import EmbeddingModel
+from recsys.models.build import build_model
+from recsys.training.metanode import ContrastiveNegatives
+from recsys.training.objectives import OBJECTIVES, Objective
 
 if TYPE_CHECKING:
-    from recsys.warmstart import WarmStart
+    from recsys.training.warmstart import WarmStart
 
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "log.jsonl"

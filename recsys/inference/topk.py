@@ -1,8 +1,8 @@
 """Score, mask, top-k: the one implementation of "the best unmasked items of each user".
 
-Evaluation (:func:`topk_chunks`, under :func:`recsys.ranking.full_ranking`) and serving
-(:class:`recsys.recommend.Recommender`) both end in :func:`mask_topk`, so a list served for a user is the
-list its metrics were measured on. Masked pairs are flat keys ``row * num_items + item`` of the score
+Evaluation (:func:`topk_chunks`, under :func:`recsys.evaluation.ranking.full_ranking`) and serving
+(:class:`recsys.inference.recommend.Recommender`) both end in :func:`mask_topk`, so a list served for a user
+is the list its metrics were measured on. Masked pairs are flat keys ``row * num_items + item`` of the score
 matrix, set to ``-inf`` with one ``index_fill_``; the top-k is ``torch.topk`` after an exact block-max
 prefilter on CPU (:func:`topk_rows`).
 
@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from recsys.scoring import Scorer
+from recsys.inference.scoring import Scorer
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
 """Bytes of the score buffer when no batch size is given."""
@@ -125,7 +125,8 @@ def auto_batch_size(
 class PhaseClock:
     """Adds the seconds since the last lap to ``timings[name]``; does nothing without ``timings``.
 
-    Shared by :func:`topk_chunks` and :func:`recsys.ranking.full_ranking`, which time the phases of one loop.
+    Shared by :func:`topk_chunks` and :func:`recsys.evaluation.ranking.full_ranking`, which time the phases of
+    one loop.
     """
 
     def __init__(self, timings: dict[str, float] | None, device: torch.device) -> None:
@@ -202,7 +203,7 @@ def mask_topk(
     """Set the masked entries of ``scores`` to ``-inf`` in place, then take the top ``k`` of every row.
 
     The one mask-and-top-k of evaluation (:func:`topk_chunks`) and serving
-    (:class:`recsys.recommend.Recommender`): the same scores give the same lists, ties included.
+    (:class:`recsys.inference.recommend.Recommender`): the same scores give the same lists, ties included.
 
     Args:
         scores: Scores, shape ``(B, N)``, contiguous; overwritten where masked.
@@ -258,7 +259,7 @@ def topk_chunks(
             in ``users`` are ignored. Or the same already prepared for ``users`` (:func:`excluded_pairs`).
         batch_size: Users per chunk; default: :func:`auto_batch_size`.
         timings: If given, seconds are added under ``score``, ``mask`` and ``topk`` (see
-            :func:`recsys.ranking.full_ranking`).
+            :func:`recsys.evaluation.ranking.full_ranking`).
         buffer: A score buffer to reuse, at least ``(min(batch_size, U), num_items)``, contiguous, of the
             scorer's dtype and device; default: a new one (callers that rank the same users many times pass
             one, so the pages are not faulted in again on every call).

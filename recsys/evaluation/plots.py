@@ -15,7 +15,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from recsys.segments import ITEM_SEGMENTS, USER_SEGMENTS
+from recsys.evaluation.segments import ITEM_SEGMENTS, USER_SEGMENTS
 
 
 def training_curve(history: Sequence[Mapping[str, Any]]) -> Figure:

@@ -5,8 +5,8 @@ logging; the terms follow the authors' code (SELFRec) so published numbers are c
 
 Every objective is called as ``OBJECTIVES[name](model, adj, batch, cfg, generator, negatives=None)``. The
 optional keyword ``negatives`` carries the per-run state of the contrastive negatives
-(:class:`recsys.metanode.ContrastiveNegatives`: k-means assignments, key weights, probe). It is a keyword
-with a default, rather than a sixth positional argument or state bound into the functions, so that
+(:class:`recsys.training.metanode.ContrastiveNegatives`: k-means assignments, key weights, probe). It is a
+keyword with a default, rather than a sixth positional argument or state bound into the functions, so that
 ``OBJECTIVES`` stays a dict of plain functions, every existing caller (mf/lightgcn, benchmarks, tests) keeps
 working unchanged, and the one stateful object is created and refreshed by the training loop alone.
 ``None`` means the stateless in-batch negatives of the published SimGCL/XSimGCL.
@@ -20,10 +20,11 @@ import torch
 from torch import Tensor
 
 from recsys.config import TrainConfig
-from recsys.losses import bpr_loss, l2_reg
-from recsys.metanode import ContrastiveNegatives
-from recsys.model_registry import MODELS
-from recsys.models import EmbeddingModel, Embeddings, Rows, SimGCL
+from recsys.models.base import EmbeddingModel, Embeddings, Rows
+from recsys.models.lightgcn import SimGCL
+from recsys.models.registry import MODELS
+from recsys.training.losses import bpr_loss, l2_reg
+from recsys.training.metanode import ContrastiveNegatives
 
 
 class Batch(NamedTuple):
@@ -64,7 +65,7 @@ def batch_rows(batch: Batch, num_users: int) -> tuple[Rows, Batch]:
     """The nodes a batch's loss reads, and the batch renumbered to positions among them.
 
     Why: with in-batch negatives the loss reads the output only at the batch's users and items, so the
-    forward pass computes its last layer there alone (:class:`recsys.models.Rows`). The renumbered batch
+    forward pass computes its last layer there alone (:class:`recsys.models.base.Rows`). The renumbered batch
     indexes the user and item parts of that row-restricted output as the original indexes the full one;
     positions keep the order of node ids, so ``torch.unique`` of them lists the same nodes in the same order.
 
@@ -186,5 +187,5 @@ def _rows_unless_all_nodes(
 
 
 _BY_NAME: dict[str, Objective] = {f.__name__: f for f in (bpr_objective, simgcl_objective, xsimgcl_objective)}
-# Each model's objective, as the registry names it (recsys.model_registry.MODELS).
+# Each model's objective, as the registry names it (recsys.models.registry.MODELS).
 OBJECTIVES: dict[str, Objective] = {name: _BY_NAME[spec.objective] for name, spec in MODELS.items()}

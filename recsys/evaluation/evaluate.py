@@ -1,11 +1,12 @@
 """Evaluate one split: the model and the reference rows under a named protocol, into a report.
 
-The protocol (:mod:`recsys.protocol`) decides what is ranked against what: which splits are masked, which
+The protocol (:mod:`recsys.data.protocol`) decides what is ranked against what: which splits are masked, which
 the baselines and the popularity statistics learn from, and which split the graph filter is tuned on (valid
 under honest; test under paper, as the paper protocol picks its best test epoch). The ranking itself is
-:mod:`recsys.ranking` (chunked full ranking), the reference rows are :mod:`recsys.baselines` and
-:mod:`recsys.graph_filter`, the segment and bias measures :mod:`recsys.segments`, the embedding geometry
-:mod:`recsys.geometry`; this module runs every row and fills the report (:mod:`recsys.report`).
+:mod:`recsys.evaluation.ranking` (chunked full ranking), the reference rows are
+:mod:`recsys.evaluation.baselines` and :mod:`recsys.evaluation.graph_filter`, the segment and bias measures
+:mod:`recsys.evaluation.segments`, the embedding geometry :mod:`recsys.evaluation.geometry`; this module runs
+every row and fills the report (:mod:`recsys.evaluation.report`).
 """
 
 from __future__ import annotations
@@ -21,26 +22,26 @@ import torch
 from torch import Tensor
 
 from recsys.artifact import check_dataset, embedding_problems, load_artifact_model
-from recsys.baselines import (
+from recsys.data.dataset import Dataset, load_dataset
+from recsys.data.protocol import Protocol, excluded_splits, parse_protocol, selection_split, training_splits
+from recsys.errors import InputError
+from recsys.evaluation.baselines import (
     BASELINES,
     DEFAULT_BASELINES,
     expected_random,
     popular_lists,
     popularity_order,
 )
-from recsys.dataset import Dataset, load_dataset
-from recsys.errors import InputError
-from recsys.geometry import embedding_geometry
-from recsys.metrics import DEFAULT_KS, check_ks
-from recsys.protocol import Protocol, excluded_splits, parse_protocol, selection_split, training_splits
-from recsys.ranking import GroundTruth, ListMeasure, RankingResult, full_ranking
-from recsys.report import EvaluationReport, ReportRow
-from recsys.scoring import EmbeddingScorer
-from recsys.segments import define_segments
-from recsys.topk import ChunkedPairs, excluded_pairs
+from recsys.evaluation.geometry import embedding_geometry
+from recsys.evaluation.metrics import DEFAULT_KS, check_ks
+from recsys.evaluation.ranking import GroundTruth, ListMeasure, RankingResult, full_ranking
+from recsys.evaluation.report import EvaluationReport, ReportRow
+from recsys.evaluation.segments import define_segments
+from recsys.inference.scoring import EmbeddingScorer
+from recsys.inference.topk import ChunkedPairs, excluded_pairs
 
 if TYPE_CHECKING:
-    from recsys.graph_filter import GraphFilterConfig
+    from recsys.evaluation.graph_filter import GraphFilterConfig
 
 logger = logging.getLogger(__name__)
 
@@ -62,18 +63,18 @@ def evaluate_split(
 ) -> EvaluationReport:
     """Evaluate embeddings (and/or the baselines) on one split of a dataset under a protocol.
 
-    Masks the items of :func:`~recsys.protocol.excluded_splits`; the baselines, popularity and the segments
-    use the training data of the protocol (:func:`~recsys.protocol.training_splits`: train under ``honest``,
-    train ∪ valid under ``paper``).
+    Masks the items of :func:`~recsys.data.protocol.excluded_splits`; the baselines, popularity and the
+    segments use the training data of the protocol (:func:`~recsys.data.protocol.training_splits`: train under
+    ``honest``, train ∪ valid under ``paper``).
 
     Args:
-        dataset: The dataset (see :func:`recsys.dataset.load_dataset`).
+        dataset: The dataset (see :func:`recsys.data.dataset.load_dataset`).
         user_emb: User embeddings, shape ``(num_users, d)``; ``None`` to evaluate only the baselines.
         item_emb: Item embeddings, shape ``(num_items, d)``.
         split: ``valid`` or ``test``.
         protocol: ``honest`` or ``paper``.
         ks: Cut-offs.
-        baselines: Names from :data:`recsys.baselines.BASELINES`, in the order of the rows.
+        baselines: Names from :data:`recsys.evaluation.baselines.BASELINES`, in the order of the rows.
         batch_size: Users per chunk (default: by memory budget).
         device: Device of the model's scores (the embeddings' device by default); baselines run on CPU.
         seed: Seed of the graph filter's randomized SVD and user sample.
@@ -198,7 +199,10 @@ def _graph_filter(
     shared: dict[str, Any],
 ) -> tuple[RankingResult, dict[str, Any]]:
     """Fit the graph filter on the training data, tune it on the selection split, rank the evaluated split."""
-    from recsys.graph_filter import GraphFilter, GraphFilterConfig  # here: only this row needs the module
+    from recsys.evaluation.graph_filter import (
+        GraphFilter,
+        GraphFilterConfig,
+    )  # here: only this row needs the module
 
     cfg = config or GraphFilterConfig(seed=seed)
     start = time.perf_counter()

@@ -1,7 +1,7 @@
 r"""Top-K ranking metrics on recommended item indices and ground-truth interactions.
 
 Everything here is a pure function of tensors (no config, no dataset): the evaluator in
-:mod:`recsys.ranking` produces the top-K lists in user chunks and feeds them to a
+:mod:`recsys.evaluation.ranking` produces the top-K lists in user chunks and feeds them to a
 :class:`RankingAccumulator`; :func:`ranking_metrics` is the one-shot form for a single batch.
 
 Notation, for one evaluated user :math:`u` with relevant (ground-truth) items :math:`R_u`,

@@ -1,13 +1,14 @@
 """The one table of models: each name with its class, its training objective and its defaults.
 
 Everything that depends on the model reads :data:`MODELS`: the config (valid names, λ/ε/τ when unset, which
-options apply), the CLI (``--model`` and the help of λ/ε/τ), :func:`recsys.models.build_model` and the
-objective of the training loop (:data:`recsys.objectives.OBJECTIVES`). Adding a model is one row here plus
-its class and objective.
+options apply), the CLI (``--model`` and the help of λ/ε/τ), :func:`recsys.models.build.build_model` and the
+objective of the training loop (:data:`recsys.training.objectives.OBJECTIVES`). Adding a model is one row here
+plus its class and objective.
 
-Classes and objectives are named rather than imported, and resolved by :mod:`recsys.models` and
-:mod:`recsys.objectives`: the config and the CLI read this table at start-up, and must not import torch to
-do it (``recsys --help`` and ``recsys ingest`` never load it). A test checks that every name resolves.
+Classes and objectives are named rather than imported, and resolved by :mod:`recsys.models.build` and
+:mod:`recsys.training.objectives`: the config and the CLI read this table at start-up, and must not import
+torch to do it (``recsys --help`` and ``recsys ingest`` never load it). A test checks that every name
+resolves.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ class ModelSpec:
 
     Args:
         name: Its name in configs, on the command line and in artifacts.
-        model_class: Its class, a name in :mod:`recsys.models`.
-        objective: Its training loss, a name in :mod:`recsys.objectives`.
+        model_class: Its class, a name in :data:`recsys.models.build.CLASSES`.
+        objective: Its training loss, a name in :mod:`recsys.training.objectives`.
         config_args: The :class:`~recsys.config.TrainConfig` fields its constructor takes, after the user and
             item counts (each parameter is named like the field).
         uses_graph: Whether it propagates over the user-item graph (training passes it the adjacency).

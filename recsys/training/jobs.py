@@ -1,9 +1,10 @@
 """Training jobs: a dataset directory in, an artifact directory out (what ``recsys train`` runs).
 
 The module above both training loops: it loads the dataset, matches a warm start, picks the loop of this
-process (:func:`recsys.train.fit`) or the Ray Train workers (:func:`recsys.distributed.fit_distributed`),
-and writes the artifact. Keeping that choice here is what lets :mod:`recsys.distributed` build on
-:mod:`recsys.train` without the loop knowing about it.
+process (:func:`recsys.training.loop.fit`) or the Ray Train workers
+(:func:`recsys.training.distributed.fit_distributed`), and writes the artifact. Keeping that choice here is
+what lets :mod:`recsys.training.distributed` build on :mod:`recsys.training.loop` without the loop knowing
+about it.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ from typing import Any
 from recsys.artifact import write_artifact
 from recsys.atomic import check_writable
 from recsys.config import TrainConfig
-from recsys.dataset import load_dataset
-from recsys.distributed import ScaleConfig, fit_distributed
+from recsys.data.dataset import load_dataset
+from recsys.data.protocol import selection_split
 from recsys.errors import InputError
-from recsys.protocol import selection_split
-from recsys.train import TrainResult, fit
-from recsys.training_run import CHECKPOINT_FILE
-from recsys.warmstart import Parent, WarmStart, check_resume_parent
+from recsys.training.distributed import ScaleConfig, fit_distributed
+from recsys.training.loop import TrainResult, fit
+from recsys.training.run import CHECKPOINT_FILE
+from recsys.training.warmstart import Parent, WarmStart, check_resume_parent
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +45,11 @@ def train_artifact(
 
     In this process, checkpoints go to ``<out>.ckpt/`` after every epoch and are removed once the artifact
     is written; ``resume`` continues from there after a crash or a kill. With ``scale.workers`` > 1 the run
-    goes to Ray Train workers (:func:`recsys.distributed.fit_distributed`), whose checkpoints live in Ray
-    Train's storage instead. With ``init_from`` (``--init-from``) the run is warm-started from that
-    artifact (:mod:`recsys.warmstart`; give ``cfg`` from :meth:`~recsys.warmstart.Parent.inherit_config`)
-    and the artifact records it as its parent. ``callback`` gets each epoch's record (single process).
+    goes to Ray Train workers (:func:`recsys.training.distributed.fit_distributed`), whose checkpoints live in
+    Ray Train's storage instead. With ``init_from`` (``--init-from``) the run is warm-started from that
+    artifact (:mod:`recsys.training.warmstart`; give ``cfg`` from
+    :meth:`~recsys.training.warmstart.Parent.inherit_config`) and the artifact records it as its parent.
+    ``callback`` gets each epoch's record (single process).
     """
     distributed = scale is not None and scale.workers > 1
     if distributed and resume:

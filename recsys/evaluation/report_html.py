@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 
 from recsys.atomic import atomic_write_text
+from recsys.data.protocol import TEST_SPLIT, selection_split
 from recsys.errors import InputError
-from recsys.metrics import METRIC_NAMES
-from recsys.plots import popularity_histogram, segment_bars, to_svg, training_curve
-from recsys.protocol import TEST_SPLIT, selection_split
-from recsys.report import EvaluationReport
-from recsys.segments import ITEM_SEGMENTS, USER_SEGMENTS, threshold_label
+from recsys.evaluation.metrics import METRIC_NAMES
+from recsys.evaluation.plots import popularity_histogram, segment_bars, to_svg, training_curve
+from recsys.evaluation.report import EvaluationReport
+from recsys.evaluation.segments import ITEM_SEGMENTS, USER_SEGMENTS, threshold_label
 
 CHARTS = ("chart-training-curve", "chart-segments", "chart-popularity")
 """Element ids of the page's figures (the rendering test checks each is drawn)."""
@@ -57,7 +57,7 @@ def render_html(
     """The page as a string.
 
     Args:
-        report: An evaluation with segments (:func:`recsys.evaluate.evaluate_split`).
+        report: An evaluation with segments (:func:`recsys.evaluation.evaluate.evaluate_split`).
         history: The artifact's per-epoch records (``log.jsonl``).
         artifact_config: The artifact's ``config.json``.
     """

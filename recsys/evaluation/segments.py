@@ -16,7 +16,7 @@ Per segment (``recall@K`` etc. over the users of a user segment; for an item seg
 segment's items over users with at least one relevant item in it, as in Abdollahpouri et al.'s long-tail
 evaluations), and three popularity-bias measures of the recommended lists at each K:
 
-* ``popularity@K``: mean training popularity of the recommended items (see :mod:`recsys.metrics`);
+* ``popularity@K``: mean training popularity of the recommended items (see :mod:`recsys.evaluation.metrics`);
 * ``gini@K``: Gini coefficient of item *exposure* (how many lists each catalogue item appears in, zeros
   included): 0 when every item is shown equally often, near 1 when a few items take every slot;
 * ``tail_share@K``: share of the recommended slots that hold ``tail`` items.
@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from recsys.metrics import check_ks
+from recsys.evaluation.metrics import check_ks
 
 ITEM_SEGMENTS = ("head", "mid", "tail")
 USER_SEGMENTS = ("cold", "regular", "heavy")
@@ -175,7 +175,8 @@ def gini(values: Tensor) -> float:
 class SegmentAccumulator:
     """Recall by item segment and item exposure of top-K lists, fed chunk by chunk beside the main metrics.
 
-    The per-user metrics by user segment come from :class:`recsys.metrics.RankingAccumulator` (its groups).
+    The per-user metrics by user segment come from :class:`recsys.evaluation.metrics.RankingAccumulator` (its
+    groups).
 
     Args:
         segments: The segment definition.
@@ -256,7 +257,7 @@ def summarise(
     Args:
         ks: Cut-offs.
         user_groups: Per user segment, ``{"users": n, "recall@K": ...}`` (from
-            :meth:`recsys.metrics.RankingAccumulator.compute_groups`).
+            :meth:`recsys.evaluation.metrics.RankingAccumulator.compute_groups`).
         item_recall_sums: ``(item segments, ks)`` sums of per-user recall restricted to the segment.
         item_users: ``(item segments,)`` users with a relevant item in each segment.
         exposure: ``(ks, num_items)`` lists each item appears in (expected values are fine).
