@@ -92,6 +92,10 @@ class EvaluationReport:
     item_popularity: Tensor | None = None
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
+    def __str__(self) -> str:
+        """The plain-text table ``recsys evaluate`` prints (:func:`format_report`)."""
+        return format_report(self)
+
     @property
     def rows(self) -> tuple[ReportRow, ...]:
         """The model row (if any) followed by the baselines."""
