@@ -36,7 +36,7 @@ import logging
 import math
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ from recsys.artifact import (
 )
 from recsys.atomic import atomic_write_text
 from recsys.data.dataset import Dataset, load_dataset
-from recsys.data.protocol import excluded_splits, selection_split, training_splits
+from recsys.data.protocol import Refit, excluded_splits, selection_split, training_splits
 from recsys.errors import InputError, first_line
 from recsys.evaluation.metrics import METRIC_NAMES
 from recsys.evaluation.ranking import GroundTruth, full_ranking
@@ -344,6 +344,13 @@ def train_challenger(champion: Parent, dataset_dir: Path, cfg: RefreshConfig, ou
             "train the challenger under the honest protocol (--protocol honest)"
         )
         raise InputError(msg)
+    if train_cfg.refit == Refit.ALL:
+        # The gate compares on test, which a refit on every split would have learned.
+        if "refit" in cfg.train:
+            msg = f"refresh gates on the {SPLIT} split, which --refit all learns; use --refit valid or none"
+            raise InputError(msg)
+        logger.info("the champion was refit on every split; the challenger refits on train + valid only")
+        train_cfg = replace(train_cfg, refit=Refit.VALID.value)
     resume = (Path(f"{out}.ckpt") / CHECKPOINT_FILE).is_file()
     if resume:
         logger.info("resuming the challenger's training from %s.ckpt (an earlier run stopped)", out)

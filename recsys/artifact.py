@@ -8,9 +8,10 @@ Layout::
     embeddings.pt    {"user": (U, d), "item": (I, d)} final embeddings used for scoring
     users.parquet    user_idx <-> raw_id      (copied from the dataset)
     items.parquet    item_idx <-> raw_id
-    seen.npz         training interactions as CSR (indptr, indices): items to exclude per user
-    metrics.json     protocol, selected epoch, selection and test metrics
-    log.jsonl        one JSON record per epoch
+    seen.npz         the interactions the model learned as CSR (indptr, indices): items to exclude per user
+    metrics.json     protocol, selected epoch and step, selection and test metrics, baseline check, refit
+    log.jsonl        one JSON record per epoch of the selection run
+    refit.jsonl      one JSON record per epoch of the refit, if the model was refit (``--refit``)
     curve.png        training curves
 
 Written to a temporary sibling and renamed, so a reader sees a whole artifact or none. Nothing in it is
@@ -35,12 +36,14 @@ from torch import Tensor
 from recsys._version import __version__
 from recsys.atomic import atomic_directory, check_directory
 from recsys.data.dataset import Dataset
+from recsys.data.protocol import Refit, held_out_splits, parse_refit, training_splits
 from recsys.errors import InputError, first_line
 
 if TYPE_CHECKING:
     import polars as pl
 
 ARTIFACT_FORMAT_VERSION = 1
+REFIT_LOG = "refit.jsonl"
 REQUIRED_FILES = (
     "config.json",
     "model.pt",
@@ -62,7 +65,7 @@ class ArtifactModel:
         metrics: Parsed ``metrics.json``.
         user_emb: ``(num_users, d)`` float tensor.
         item_emb: ``(num_items, d)`` float tensor.
-        seen_indptr: CSR row pointers of the training interactions, ``(num_users + 1,)``.
+        seen_indptr: CSR row pointers of the interactions learned (:attr:`trained_splits`), ``(U + 1,)``.
         seen_indices: CSR item indices, ``(E,)``.
     """
 
@@ -84,6 +87,25 @@ class ArtifactModel:
         """The protocol it was trained under (``honest`` when the artifact does not say)."""
         trained = self.config.get("config", {}).get("protocol") or self.metrics.get("protocol")
         return str(trained or "honest")
+
+    @property
+    def refit(self) -> Refit:
+        """What the model was refit on after selection (``none`` when the artifact does not say).
+
+        Raises:
+            InputError: ``config.json`` names an unknown refit.
+        """
+        return parse_refit(self.config.get("config", {}).get("refit") or Refit.NONE, self.protocol)
+
+    @property
+    def trained_splits(self) -> tuple[str, ...]:
+        """The splits the model learned, which ``seen.npz`` holds (train ∪ valid after a refit, ...)."""
+        return training_splits(self.protocol, self.refit)
+
+    @property
+    def held_out_splits(self) -> tuple[str, ...]:
+        """The splits the model never learned, the only ones with honest figures (none after refit all)."""
+        return held_out_splits(self.protocol, self.refit)
 
     @property
     def artifact_id(self) -> str:
@@ -119,12 +141,15 @@ def write_artifact(
     history: list[dict[str, Any]],
     force: bool = False,
     parent: dict[str, Any] | None = None,
+    refit_history: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Write an artifact directory atomically (see the module docstring for its layout).
 
     ``config.json`` also records the dataset's ingest options (``dataset.options``, from its ``meta.json``),
     so the next version of the log can be ingested the same way (``recsys refresh``), and, for a
     warm-started model, its ``parent`` (:meth:`recsys.training.warmstart.WarmStart.record`): its lineage.
+    ``train_pairs`` are the pairs the model learned (``seen.npz``); ``refit_history``, the refit's epochs
+    (``refit.jsonl``), if the model was refit.
     """
     if dataset.path is None:
         msg = "the dataset must come from a directory (its id maps are copied into the artifact)"
@@ -140,6 +165,8 @@ def write_artifact(
         indptr, indices = _csr(train_pairs, dataset.num_users)
         np.savez(tmp / "seen.npz", indptr=indptr, indices=indices)
         (tmp / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+        if refit_history is not None:
+            (tmp / REFIT_LOG).write_text("".join(json.dumps(r) + "\n" for r in refit_history))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         digest = hashlib.sha256((tmp / "embeddings.pt").read_bytes()).hexdigest()[:12]
         full_config = {
@@ -379,9 +406,14 @@ def read_json_object(path: Path) -> dict[str, Any]:
     return value
 
 
-def read_history(artifact: Path) -> list[dict[str, Any]]:
-    """An artifact's per-epoch training records (``log.jsonl``), or a clear error naming the line."""
-    path = Path(artifact) / "log.jsonl"
+def read_history(artifact: Path, *, refit: bool = False) -> list[dict[str, Any]]:
+    """An artifact's per-epoch training records, or a clear error naming the line.
+
+    Args:
+        artifact: The artifact directory.
+        refit: The refit's records (``refit.jsonl``) instead of the selection run's (``log.jsonl``).
+    """
+    path = Path(artifact) / (REFIT_LOG if refit else "log.jsonl")
     try:
         lines = path.read_text().splitlines()
     except OSError as exc:

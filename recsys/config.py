@@ -7,12 +7,15 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from recsys.data.protocol import parse_protocol
+from recsys.data.protocol import Refit, parse_protocol, parse_refit
 from recsys.errors import InputError
 from recsys.models.registry import MODELS, ModelSpec, contrastive_models
 
 CL_NEGATIVES = ("in_batch", "full", "metanode")
 KEY_WEIGHTS = ("uniform", "degree")
+REC_LOSSES = ("bpr", "softmax", "bsl")
+REC_DENOMINATORS = ("sampled", "full", "metanode")
+REC_POOLS = ("uniform", "popularity")
 
 # Named bundles of optimisation settings. ``reference`` is the authors' configuration exactly (SELFRec
 # conf/SimGCL.yaml and conf/XSimGCL.yaml); ``fast`` reaches the authors' accuracy in 3 epochs instead of 8
@@ -92,6 +95,19 @@ class TrainConfig:
         "honest: train on train, select on valid, test once; paper: train on train+valid, best test epoch "
         "(as the authors)",
     )  # recsys.data.protocol says which splits each one uses
+    refit: str = option(
+        "none",
+        "after selecting on valid, retrain from scratch (same seed and config) for the selected step count "
+        "on more data: valid = train+valid (test stays held out and is reported), all = train+valid+test "
+        "(the model to deploy: no held-out figures), none = keep the selected model; --refit alone: valid",
+        choices=tuple(r.value for r in Refit),
+        const=Refit.VALID.value,  # the CLI's bare --refit
+    )  # recsys.data.protocol says what each refit learns, masks when served and holds out
+    baseline_check: bool = option(
+        True,
+        "after selection, compare the model with the popular and graph-filter rows on the selection split "
+        "and warn if it is below either (true/false; the graph filter takes up to a minute on gowalla)",
+    )
     seed: int = option(0, "seed of initialisation, sampling and noise")
     device: str = option("auto", "auto (CUDA if available), cpu or cuda")
     threads: int | None = option(None, "CPU threads for torch (default: torch's choice)")
@@ -122,6 +138,44 @@ class TrainConfig:
         "every N steps log the gap to the exact loss and the anchor-gradient cosine (probe_gap, "
         "probe_grad_cos in the epoch record; 0: off)",
     )
+    # The recommendation term of every model. BPR stays the default until the accuracy benchmark (issue 22)
+    # shows a softmax-family recipe better on every graph shape.
+    rec_loss: str = option(
+        "bpr",
+        "recommendation loss of every model: bpr (one sampled negative per pair, as published), softmax "
+        "(sampled softmax: cosine scores / τ, over the batch's positive items and --rec-negatives shared "
+        "items) or bsl (bilateral softmax: softmax with a log-mean-exp over each user's positives in the "
+        "batch, temperature --bsl-temperature)",
+        choices=REC_LOSSES,
+    )
+    rec_temperature: float = option(0.1, "τ of the softmax/bsl loss (logits are scores / τ)")
+    rec_negatives: int = option(
+        1024,
+        "M, items drawn once per batch and shared by all its rows as negatives of softmax/bsl, besides the "
+        "batch's positive items (in-batch negatives); 0: in-batch only",
+    )
+    rec_pool: str = option(
+        "uniform",
+        "how the M shared items are drawn (with replacement): uniform, or popularity (∝ training degree)",
+        choices=REC_POOLS,
+    )
+    rec_logq: bool = option(
+        True,
+        "log-Q correction of softmax/bsl: subtract from each negative's logit the log of its expected count "
+        "among the batch's negatives (in-batch items come ∝ popularity) (true/false)",
+    )
+    rec_denominator: str = option(
+        "sampled",
+        "the softmax/bsl denominator: sampled (in-batch and M shared items), full (every item, exact) or "
+        "metanode (every item, through k-means meta-nodes of the item embeddings: the --metanode-* options)",
+        choices=REC_DENOMINATORS,
+    )
+    rec_cosine: bool = option(
+        True, "softmax/bsl score by cosine similarity (true) or by the raw dot product (false)"
+    )
+    bsl_temperature: float = option(
+        0.1, "τ₂ of bsl: the temperature of its log-mean-exp over each user's positives in the batch"
+    )
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -131,6 +185,10 @@ class TrainConfig:
             msg = f"unknown preset {self.preset!r}; expected one of {', '.join(PRESETS)}"
             raise InputError(msg)
         parse_protocol(self.protocol)
+        parse_refit(self.refit, self.protocol)
+        if not isinstance(self.baseline_check, bool):
+            msg = f"baseline_check must be true or false, got {self.baseline_check!r}"
+            raise InputError(msg)
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             msg = f"device must be auto, cpu or cuda, got {self.device!r}"
             raise InputError(msg)
@@ -151,6 +209,7 @@ class TrainConfig:
             msg = f"cl_layer must be in [1, num_layers={self.num_layers}], got {self.cl_layer}"
             raise InputError(msg)
         self._check_negatives()
+        self._check_rec()
 
     @property
     def spec(self) -> ModelSpec:
@@ -189,6 +248,32 @@ class TrainConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 msg = f"{name} must be an integer >= {low}, got {value!r}"
                 raise InputError(msg)
+
+    def _check_rec(self) -> None:
+        for name, choices in (
+            ("rec_loss", REC_LOSSES),
+            ("rec_denominator", REC_DENOMINATORS),
+            ("rec_pool", REC_POOLS),
+        ):
+            if getattr(self, name) not in choices:
+                msg = f"unknown {name} {getattr(self, name)!r}; expected one of {', '.join(choices)}"
+                raise InputError(msg)
+        for flag in ("rec_logq", "rec_cosine"):
+            if not isinstance(getattr(self, flag), bool):
+                msg = f"{flag} must be true or false, got {getattr(self, flag)!r}"
+                raise InputError(msg)
+        for name in ("rec_temperature", "bsl_temperature"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                msg = f"{name} must be a number > 0, got {value!r}"
+                raise InputError(msg)
+        negatives = self.rec_negatives
+        if isinstance(negatives, bool) or not isinstance(negatives, int) or negatives < 0:
+            msg = f"rec_negatives must be an integer >= 0, got {self.rec_negatives!r}"
+            raise InputError(msg)
+        if self.rec_denominator == "metanode" and not self.rec_cosine:
+            msg = "rec_denominator='metanode' scores by cosine similarity: it needs rec_cosine=true"
+            raise InputError(msg)
 
     def resolved(self) -> TrainConfig:
         """This config with the model's own λ, ε and τ (the authors' values) where they are ``None``.

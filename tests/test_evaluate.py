@@ -364,6 +364,27 @@ def test_cli_evaluate_baselines_only_and_errors(tiny_dataset, tmp_path, capsys) 
         main(["evaluate", "--dataset", str(tiny_dataset), "--k", "0,5"])
 
 
+def test_cli_evaluate_filter_on(tiny_dataset, tmp_path, capsys) -> None:
+    """``--filter-on train+valid`` refits the tuned filter on train + valid; the row says so."""
+    out_file = tmp_path / "f.json"
+    args = ["evaluate", "-q", "--dataset", str(tiny_dataset), "--k", "5", "--baselines", "gf-cf,graph-filter"]
+    assert main([*args, "--filter-on", "train+valid", "--out", str(out_file)]) == 0
+    rows = json.loads(out_file.read_text())["baselines"]
+    for name in ("gf-cf", "graph-filter"):
+        details = rows[name]["details"]
+        assert (
+            details["applied_to"] == "train ∪ valid"
+            and details["refit"]
+            and details["selected_on"] == "valid"
+        )
+    assert rows["graph-filter"]["details"]["filter"] in ("gf-cf", "chebycf", "bspm")
+    capsys.readouterr()
+    code = main([*args, "--split", "valid", "--filter-on", "train+valid"])
+    assert code == 1 and "hold the evaluated split 'valid'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "--filter-on", "test"])
+
+
 def test_the_evaluate_command_ends_at_once_with_its_output_written(tiny_dataset, tmp_path) -> None:
     """Run as a process, `recsys evaluate` skips the interpreter's teardown (os._exit) once its handler has
     returned, so its streams and its JSON must be complete by then. It loads neither polars nor pandas."""

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from test_train import two_communities
+from test_train import check_resume_matches, two_communities
 
 from recsys.cli import build_parser
 from recsys.config import TrainConfig, config_from_dict
@@ -505,3 +505,124 @@ def test_degree_weights_come_from_the_training_graph():
     torch.testing.assert_close(item_w, torch.tensor([1.0, 1.0, 2.0, 0.0]))
     result = fit(two_communities(), metanode_cfg(metanode_key_weight="degree", epochs=2), progress=False)
     assert all(math.isfinite(r["cl"]) for r in result.history)
+
+
+def rec_metanode_cfg(model="lightgcn", **kw):
+    values = {
+        "model": model,
+        "embedding_dim": 8,
+        "rec_loss": "softmax",
+        "rec_denominator": "metanode",
+        "metanode_clusters": 4,
+        "metanode_full_below": 0,
+        **kw,
+    }
+    return TrainConfig(**values).resolved()
+
+
+@pytest.mark.parametrize("rec_loss", ["softmax", "bsl"])
+def test_rec_metanode_denominator_at_k_equals_n_is_the_full_softmax(rec_loss):
+    """With one meta-node per item the meta-node softmax over every item is exact (issue 22, part 3)."""
+    data = two_communities()
+    graph = build_graph(data.train, data.num_users, data.num_items)
+    batch = Batch(torch.tensor([0, 3, 9, 3]), torch.tensor([1, 2, 12, 5]), torch.tensor([10, 11, 4, 0]))
+    results = []
+    for denominator in ("full", "metanode"):
+        cfg = rec_metanode_cfg(rec_loss=rec_loss, rec_denominator=denominator, metanode_clusters=16)
+        model = build_model(cfg, data.num_users, data.num_items)
+        model.reset_parameters(torch.Generator().manual_seed(0))
+        negatives = ContrastiveNegatives.from_config(cfg, data.train, data.num_users, data.num_items)
+        negatives.refresh(model, graph.adj, 1)
+        if denominator == "metanode":  # spherical k-means at K = N: every item is its own cluster
+            assert negatives.rec.metanode.assignment[1].unique().numel() == 16
+            assert negatives.assignment == [None, None]  # the contrastive side is untouched (in_batch)
+        losses = OBJECTIVES["lightgcn"](model, graph.adj, batch, cfg, None, negatives=negatives)
+        losses.total.backward()
+        results.append((losses.bpr.detach(), model.embedding.grad))
+    torch.testing.assert_close(results[1], results[0])
+
+
+def test_rec_metanode_state_refresh_probe_and_round_trip():
+    data = two_communities()
+    graph = build_graph(data.train, data.num_users, data.num_items)
+    cfg = rec_metanode_cfg(
+        model="xsimgcl", cl_negatives="metanode", metanode_refresh_epochs=2, metanode_probe_every=1
+    )
+    model = build_model(cfg, data.num_users, data.num_items)
+    negatives = ContrastiveNegatives.from_config(cfg, data.train, data.num_users, data.num_items)
+    negatives.refresh(model, graph.adj, 1)
+    rec = negatives.rec.metanode
+    items = rec.assignment[1]
+    assert rec.assignment[0] is None and items.shape == (16,) and rec.centroids[1].shape == (4, 8)
+    assert negatives.assignment[1] is not None  # both sets of meta-nodes, from one pass
+    batch = Batch(torch.tensor([0, 3, 9]), torch.tensor([1, 2, 12]), torch.tensor([10, 11, 4]))
+    OBJECTIVES["xsimgcl"](model, graph.adj, batch, cfg, torch.Generator().manual_seed(0), negatives=negatives)
+    stats = negatives.epoch_stats()
+    assert {"probe_gap", "probe_grad_cos", "rec_probe_gap", "rec_probe_grad_cos"} <= set(stats)
+    assert math.isfinite(stats["rec_probe_gap"]) and -1 <= stats["rec_probe_grad_cos"] <= 1
+    negatives.refresh(model, graph.adj, 2)
+    assert rec.assignment[1] is items  # not a refresh epoch
+    copy = ContrastiveNegatives.from_config(cfg, data.train, data.num_users, data.num_items)
+    copy.load_state_dict(negatives.state_dict())
+    assert torch.equal(copy.rec.metanode.assignment[1], items) and copy.rec.metanode.steps == rec.steps
+    negatives.refresh(model, graph.adj, 3)
+    copy.refresh(model, graph.adj, 3)
+    assert torch.equal(copy.rec.metanode.centroids[1], rec.centroids[1])
+
+
+@pytest.fixture(scope="module")
+def logged_dataset(tmp_path_factory):
+    """A generated log of 120 users and 80 items, split by time (as test_train.py's ``dataset_dir``)."""
+    from pipelines import IngestConfig, ingest
+    from pipelines.readers import LogSpec
+    from pipelines.synthetic import SyntheticConfig, generate
+    from recsys.data.dataset import load_dataset
+
+    root = tmp_path_factory.mktemp("softmax")
+    log = root / "log.csv"
+    generate(SyntheticConfig(num_users=120, num_items=80, num_interactions=3000, seed=2), log, progress=False)
+    spec = LogSpec("csv", time_col="timestamp")
+    config = IngestConfig(out=root / "ds", spec=spec, input=log, split="temporal")
+    return load_dataset(ingest(config).out)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"model": "lightgcn", "rec_loss": "softmax", "rec_negatives": 64},
+        {"model": "xsimgcl", "rec_loss": "bsl", "rec_pool": "popularity"},
+        {"model": "mf", "rec_loss": "softmax", "rec_denominator": "metanode", "metanode_clusters": 8,
+         "metanode_full_below": 0, "metanode_refresh_epochs": 2, "metanode_probe_every": 3},
+    ],
+)  # fmt: skip
+def test_resume_with_a_softmax_ends_exactly_as_an_uninterrupted_run(logged_dataset, tmp_path, values):
+    """The shared negatives come from the checkpointed noise stream, the item meta-nodes from the state."""
+    cfg = TrainConfig(embedding_dim=16, batch_size=256, epochs=4, seed=3, **values)
+    full = check_resume_matches(logged_dataset, cfg, tmp_path / "ckpt")
+    assert all(math.isfinite(r["bpr"]) for r in full.history)
+    if values.get("metanode_probe_every"):
+        assert "rec_probe_gap" in full.history[-1]
+
+
+@pytest.mark.parametrize(
+    ("model", "rec_loss"), [("lightgcn", "softmax"), ("lightgcn", "bsl"), ("xsimgcl", "softmax")]
+)
+def test_each_softmax_ranks_the_withheld_item_first(model, rec_loss):
+    """As ``test_each_model_ranks_the_withheld_item_first`` (test_train.py) does for BPR."""
+    data = two_communities()
+    cfg = TrainConfig(
+        model=model,
+        embedding_dim=16,
+        lr=0.01,
+        batch_size=32,
+        epochs=60,
+        metric="ndcg@20",
+        seed=0,
+        rec_loss=rec_loss,
+        rec_negatives=8,
+    )
+    result = fit(data, cfg, progress=False)
+    emb = result.embeddings
+    scores = emb.user @ emb.item.T
+    scores[data.train[0], data.train[1]] = -torch.inf
+    assert torch.equal(scores.argmax(1), data.test[1])

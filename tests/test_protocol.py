@@ -25,3 +25,27 @@ def test_dataset_pairs_joins_splits_in_the_order_given():
     data = Dataset(3, 3, **split)
     assert data.pairs(training_splits("paper")).tolist() == [[0, 1], [0, 1]]
     assert torch.equal(data.pairs(["test"]), split["test"])
+
+
+def test_a_refit_learns_masks_and_holds_out_as_its_table_says():
+    from recsys.data.protocol import Refit, held_out_splits, parse_refit
+
+    rules = {r: (training_splits("honest", r), held_out_splits("honest", r)) for r in Refit}
+    assert rules == {
+        "none": (("train",), ("valid", "test")),
+        "valid": (("train", "valid"), ("test",)),
+        "all": (("train", "valid", "test"), ()),
+    }
+    # Test is evaluated with every learned split masked, which is the refit's training data itself.
+    assert excluded_splits("test", "honest", "valid") == training_splits("honest", "valid")
+    assert selection_split("honest") == "valid"  # the refit reuses the selection, made before it
+    with pytest.raises(
+        InputError, match="refit 'valid' trains on train ∪ valid, so it can only evaluate split 'test'"
+    ):
+        excluded_splits("valid", "honest", "valid")
+    with pytest.raises(InputError, match="no split is held out"):
+        excluded_splits("test", "honest", "all")
+    with pytest.raises(InputError, match="refit 'all' needs the honest protocol: paper already trains on"):
+        parse_refit("all", "paper")
+    with pytest.raises(InputError, match="unknown refit 'yes'"):
+        training_splits("honest", "yes")

@@ -83,3 +83,77 @@ def test_bad_config_and_cli(tmp_path, capsys):
     assert f"rows to {out}" in capsys.readouterr().out
     assert main(["generate", "-q", "--out", str(out), "--users", "0"]) == 1
     assert "must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("users", "items", "density"),
+    [(300, 200, 0.06), (2000, 1000, 0.004)],  # a dense and a sparse log
+)
+def test_density_is_the_share_of_distinct_pairs(tmp_path, users, items, density):
+    path = tmp_path / "log.csv"
+    generate(SyntheticConfig(num_users=users, num_items=items, density=density, seed=3), path, progress=False)
+    clean = pl.read_csv(path).drop_nulls()
+    measured = clean.select("user_id", "item_id").unique().height / (users * items)
+    assert measured == pytest.approx(density, rel=0.05)
+    assert clean.height > clean.select("user_id", "item_id").unique().height  # users repeat items
+
+
+def _drifted(tmp_path, drift):
+    path = tmp_path / f"drift{drift}.csv"
+    cfg = SyntheticConfig(num_users=2000, num_items=1500, num_interactions=60_000, drift=drift, seed=4)
+    generate(cfg, path, progress=False)
+    return pl.read_csv(path).drop_nulls().sort("timestamp", "user_id", "item_id")
+
+
+def _window_counts(df, lo, hi):
+    """Events per item (every item of the log, 0 when absent) within the time quantiles [lo, hi)."""
+    t = df["timestamp"]
+    part = df.filter((t >= t.quantile(lo)) & (t < t.quantile(hi)) if hi < 1 else t >= t.quantile(lo))
+    counts = part["item_id"].value_counts()
+    return df.select(pl.col("item_id").unique()).join(counts, on="item_id", how="left").fill_null(0)
+
+
+def test_drift_moves_popularity_and_test_events_favour_late_items(tmp_path):
+    still, moving = _drifted(tmp_path, 0.0), _drifted(tmp_path, 1.0)
+    # Only popularity moves: the same users at the same times, other items.
+    assert still.select("user_id", "timestamp").equals(moving.select("user_id", "timestamp"))
+    assert not still["item_id"].equals(moving["item_id"])
+
+    def spearman(df):
+        first, last = _window_counts(df, 0.0, 0.25), _window_counts(df, 0.75, 1.0)
+        pair = first.join(last, on="item_id")
+        # Naive Spearman: Pearson correlation of average ranks.
+        a = pair["count"].rank("average").to_numpy()
+        b = pair["count_right"].rank("average").to_numpy()
+        return float(np.corrcoef(a, b)[0, 1])
+
+    def test_share_of_early_hits(df):
+        """Share of the last 20 % of events (a cutoff split's test) on the top decile of the first half."""
+        early = _window_counts(df, 0.0, 0.5).sort("count", descending=True)
+        top = set(early["item_id"][: early.height // 10].to_list())
+        test = df.filter(pl.col("timestamp") >= df["timestamp"].quantile(0.8))
+        return test["item_id"].is_in(list(top)).mean()
+
+    assert spearman(moving) < spearman(still) - 0.1, (spearman(moving), spearman(still))
+    assert test_share_of_early_hits(moving) < 0.8 * test_share_of_early_hits(still)
+
+
+def test_density_and_drift_are_deterministic_and_checked(tmp_path, capsys):
+    cfg = SyntheticConfig(num_users=200, num_items=150, density=0.05, drift=0.7, seed=9)
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    generate(cfg, a, progress=False)
+    generate(cfg, b, progress=False)
+    assert a.read_bytes() == b.read_bytes()
+    for bad in ({"density": 0.0}, {"density": 1.0}, {"drift": -0.1}, {"drift": 1.5}):
+        with pytest.raises(InputError, match=next(iter(bad))):
+            SyntheticConfig(**bad)
+    with pytest.raises(InputError, match="out of reach"):
+        generate(
+            SyntheticConfig(num_users=50, num_items=40, density=0.95), tmp_path / "c.csv", progress=False
+        )
+    out = tmp_path / "cli.csv"
+    args = ["generate", "-q", "--out", str(out), "--users", "200", "--items", "150", "--density", "0.05"]
+    assert main([*args, "--drift", "0.7", "--seed", "9"]) == 0
+    assert out.read_bytes() == a.read_bytes()
+    assert main([*args, "--drift", "2"]) == 1
+    assert "drift must be in [0, 1]" in capsys.readouterr().err

@@ -273,6 +273,12 @@ def test_artifact_round_trip_gives_identical_scores(dataset_dir, tmp_path):
     assert seen == set(map(tuple, data.train.T.tolist()))
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["protocol"] == "honest" and metrics["best_epoch"] == result.best_epoch
+    assert metrics["best_step"] == result.history[result.best_epoch - 1]["step"]
+    assert metrics["trained_on"] == ["train"] and metrics["held_out"] == ["valid", "test"]
+    assert metrics["refit"] is None and metrics["test"] == result.test
+    # The baseline check runs by default: the selected model against popular and graph-filter on valid.
+    check = metrics["baselines_on_valid"]
+    assert check["model"] == result.selection["recall@20"] and {"popular", "graph-filter"} <= set(check)
     assert len((out / "log.jsonl").read_text().splitlines()) == len(result.history)
 
 

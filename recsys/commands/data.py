@@ -142,7 +142,14 @@ def add_generate(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
         description=(
             "Write a synthetic log with columns user_id, item_id, timestamp (epoch s), rating (1-5).\n"
             "Users prefer latent topics and items follow a power law, so a good recommender beats\n"
-            "most-popular; a few null ids and repeated events are mixed in for the cleaning steps."
+            "most-popular; a few null ids and repeated events are mixed in for the cleaning steps.\n"
+            "Each user is active for half a year within one year of timestamps, so a temporal split\n"
+            "(--split temporal or cutoff) tests on later events. --density sets the share of distinct\n"
+            "user-item pairs instead of --interactions; --drift makes item popularity change over the\n"
+            "year, so later events favour items that were less popular early.\n\n"
+            "examples:\n"
+            "  recsys generate --users 1000000 --items 1000000 --interactions 50000000 --out big.csv\n"
+            "  recsys generate --users 2000 --items 1500 --density 0.08 --drift 1 --out dense.csv"
         ),
     )
     p.add_argument("--out", type=Path, required=True, help="file to write")
@@ -152,6 +159,21 @@ def add_generate(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--users", type=int, default=1000, help="number of users")
     p.add_argument("--items", type=int, default=800, help="number of items")
     p.add_argument("--interactions", type=int, default=30_000, help="approximate number of clean events")
+    p.add_argument(
+        "--density",
+        type=float,
+        help="target share of distinct user-item pairs among users x items, in (0, 1), e.g. 0.05; the "
+        "number of events is calibrated to reach it (users repeat items, as real logs do) and "
+        "--interactions is ignored (default: off)",
+    )
+    p.add_argument(
+        "--drift",
+        type=float,
+        default=0.0,
+        help="item popularity drift over the year, in [0, 1]: each item's log-popularity moves linearly "
+        "from an early to an independent late Zipf ranking, this share of the way by the year's end "
+        "(0: one ranking all year)",
+    )
     p.add_argument("--topics", type=int, default=0, help="latent topics (0: about sqrt(items)/2)")
     p.add_argument("--popularity-exponent", type=float, default=1.0, help="Zipf exponent of item popularity")
     p.add_argument("--dirty-fraction", type=float, default=0.002, help="share of extra null/repeated rows")
@@ -170,6 +192,8 @@ def _run_generate(args: argparse.Namespace) -> int:
         popularity_exponent=args.popularity_exponent,
         dirty_fraction=args.dirty_fraction,
         seed=args.seed,
+        density=args.density,
+        drift=args.drift,
     )
     rows = generate(cfg, args.out, args.format, progress=not args.quiet)
     print(f"wrote {rows:,} rows to {args.out}")

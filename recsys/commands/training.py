@@ -46,6 +46,8 @@ def add_hyperparameters(p: argparse.ArgumentParser, title: str, *, show_defaults
         if name == "model":  # train's own option: a warm start (refresh) keeps the model
             continue
         kind = _value_type(hints[name])
+        # A field with a ``const`` also takes its flag bare (``--refit`` means ``--refit valid``).
+        bare = {"nargs": "?", "const": option.metadata["const"]} if "const" in option.metadata else {}
         # SUPPRESS: an option not given stays absent, so the config file's value is not overwritten.
         hyper.add_argument(
             f"--{name.replace('_', '-')}",
@@ -55,6 +57,7 @@ def add_hyperparameters(p: argparse.ArgumentParser, title: str, *, show_defaults
             help=_help(option, show_defaults=show_defaults),
             metavar="{true,false}" if kind is bool else None,
             choices=option.metadata.get("choices"),
+            **bare,
         )
 
 
@@ -101,10 +104,13 @@ def add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) 
             "artifact's config instead of the defaults, and users and items it knows (matched by raw id)\n"
             "start from its trained layer-0 embeddings; new items from the mean of their known users, new\n"
             "users from the mean of their items (README, Keep a model fresh); it waits less to stop\n"
-            "(--patience-steps, --min-steps).\n\n"
+            "(--patience-steps, --min-steps).\n"
+            "After selection it warns if the model is below the popular or graph-filter row on valid;\n"
+            "--refit then retrains from scratch on train ∪ valid (all: ∪ test) for the selected steps.\n\n"
             "examples:\n"
             "  recsys train --dataset out/gowalla --model xsimgcl --out models/xsimgcl --epochs 20\n"
             "  recsys train --dataset out/gowalla --out models/xsimgcl --workers 4            # Ray Train\n"
+            "  recsys train --dataset out/gowalla --out models/xsimgcl --refit                # + refit\n"
             "  recsys train --dataset out/gowalla-v2 --init-from models/xsimgcl --out models/xsimgcl-v2\n"
             "  ray job submit --address http://head:8265 -- recsys train --dataset out/gowalla \\\n"
             "      --out models/xsimgcl --workers 8 --use-gpu --address auto"
@@ -182,12 +188,23 @@ def _run_train(args: argparse.Namespace) -> int:
     metric = result.config.metric
     ndcg = metric.replace("recall", "ndcg")
     split = selection_split(result.config.protocol)
-    print(
+
+    def test(metrics: dict[str, float]) -> str:
+        return f"test {metric} {metrics[metric]:.4f} {ndcg} {metrics.get(ndcg, float('nan')):.4f}"
+
+    line = (
         f"trained {result.config.model} -> {args.out}: best epoch {result.best_epoch}/{len(result.history)}, "
-        f"{split} {metric} {result.selection[metric]:.4f}, test {metric} {result.test[metric]:.4f} "
-        f"{ndcg} {result.test.get(ndcg, float('nan')):.4f} "
-        f"({result.config.protocol} protocol, {result.seconds:.0f} s)"
+        f"{split} {metric} {result.selection[metric]:.4f}, "
     )
+    if result.refit is not None:  # the artifact is the refit model; the selected one is reported beside it
+        line += (
+            f"selected model {test(result.selected_test)}; refit on {' ∪ '.join(result.refit['splits'])} "
+            f"for {result.refit['steps']:,} steps: "
+            + (test(result.test) if result.test else "no held-out test figures (it learned test)")
+        )
+    else:
+        line += test(result.test)
+    print(line + f" ({result.config.protocol} protocol, {result.seconds:.0f} s)")
     return 0
 
 

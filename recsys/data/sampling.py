@@ -1,4 +1,8 @@
-"""Uniform negative sampling, vectorised: one call draws the negatives of a whole epoch."""
+"""Negative sampling, vectorised.
+
+:class:`NegativeSampler` draws BPR's negatives, one per pair, for a whole epoch at once;
+:class:`SharedNegatives` draws the items a softmax's batch shares and knows their expected counts (log-Q).
+"""
 
 from __future__ import annotations
 
@@ -56,3 +60,50 @@ class NegativeSampler:
         """Move the key table to ``device``."""
         self.keys = self.keys.to(device)
         return self
+
+
+SHARED_DISTRIBUTIONS = ("uniform", "popularity")
+
+
+class SharedNegatives:
+    r"""Negatives a softmax's batch shares: M items drawn per batch, and every item's expected count.
+
+    A sampled softmax scores each row of a batch against one set of candidates: the batch's positive items
+    (in-batch negatives) and M items drawn once for the batch, with replacement, uniformly or ∝ popularity
+    (mixed negative sampling, Yang et al., WWW 2020). Its log-Q correction needs the expected number of
+    copies of an item among those candidates, :math:`E[n_j] = B\,p_j + M\,r_j`: the B in-batch positives
+    come ∝ the training popularity :math:`p_j = \deg(j) / E` (the epoch shuffles the pairs uniformly) and
+    the M shared items from :math:`r_j` (:math:`1/I`, or :math:`p_j`).
+
+    Args:
+        popularity: :math:`p`, shape ``(I,)``, summing to 1; draws come out on its device.
+        size: M.
+        distribution: ``uniform`` or ``popularity``.
+    """
+
+    def __init__(self, popularity: Tensor, size: int, distribution: str = "uniform") -> None:
+        if distribution not in SHARED_DISTRIBUTIONS or size < 0:
+            msg = f"distribution {distribution!r} not in {SHARED_DISTRIBUTIONS}, or size {size} < 0"
+            raise ValueError(msg)
+        self.popularity, self.size, self.distribution = popularity, size, distribution
+
+    @classmethod
+    def from_pairs(
+        cls, train: Tensor, num_items: int, size: int, distribution: str = "uniform"
+    ) -> SharedNegatives:
+        """From the ``(2, E)`` training pairs: :math:`p_j` is item j's share of them."""
+        degree = torch.bincount(train[1], minlength=num_items).double()
+        return cls((degree / degree.sum()).float(), size, distribution)
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        """M item ids, shape ``(M,)``, int64, with replacement; the same given the generator's state."""
+        if self.distribution == "popularity" and self.size:
+            return torch.multinomial(self.popularity, self.size, replacement=True, generator=generator)
+        num_items, device = self.popularity.numel(), self.popularity.device
+        return torch.randint(num_items, (self.size,), generator=generator, device=device)
+
+    def log_expected_count(self, items: Tensor, in_batch: int) -> Tensor:
+        r""":math:`\log E[n_j] = \log(B\,p_j + M\,r_j)` of each of ``items`` ``(C,)``, B = ``in_batch``."""
+        p = self.popularity[items]
+        shared = p if self.distribution == "popularity" else torch.full_like(p, 1.0 / self.popularity.numel())
+        return (in_batch * p + self.size * shared).log()

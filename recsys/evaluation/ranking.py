@@ -5,7 +5,7 @@ The engine under training's model selection (on valid) and ``recsys evaluate``
 and bias measures in :mod:`recsys.evaluation.segments`. The evaluator works on any
 :class:`~recsys.inference.scoring.Scorer`; :class:`~recsys.inference.scoring.EmbeddingScorer` is the model
 (dot products of user and item embeddings), and the baselines of :mod:`recsys.evaluation.baselines` and
-:mod:`recsys.evaluation.graph_filter` are scorers or list generators too.
+:mod:`recsys.evaluation.filters` are scorers or list generators too.
 
 How one chunk of ``B`` users is evaluated (no Python loop over users, the full score matrix never exists):
 

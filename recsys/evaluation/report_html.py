@@ -219,11 +219,10 @@ def _method(report: EvaluationReport, config: Mapping[str, Any]) -> str:
         items.append(("segments", threshold_label(report.segments["thresholds"])))
     for row in report.baselines:
         text = row.details.get("description", "")
-        if "ideal_weight" in row.details:
+        if "selection_value" in row.details:  # a graph filter: which one, its settings, how it was chosen
             d = row.details
             text += (
-                f"; rank {d['rank']}, alpha {d['ideal_weight']:g}, gamma {d['popularity_exponent']:g}, "
-                f"chosen on {d['selected_on']} ({d['selection_users']:,} users, {d['selection_metric']} "
+                f"; chosen on {d['selected_on']} ({d['selection_users']:,} users, {d['selection_metric']} "
                 f"{d['selection_value']:.4f}) from {len(d['grid'])} grid points"
             )
         items.append((f"baseline {row.name}", f"{text}; {row.seconds:.2f} s"))

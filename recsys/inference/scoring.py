@@ -2,7 +2,7 @@
 
 The model is :class:`EmbeddingScorer` (dot products of the final embeddings, written straight into the
 evaluator's buffer); the baselines of :mod:`recsys.evaluation.baselines` and
-:mod:`recsys.evaluation.graph_filter` are scorers too, so :func:`recsys.inference.topk.topk_chunks` ranks
+:mod:`recsys.evaluation.filters` are scorers too, so :func:`recsys.inference.topk.topk_chunks` ranks
 every row of a report the same way.
 """
 

@@ -55,8 +55,8 @@ class ModelSpec:
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
-        ModelSpec("mf", "MF", "bpr_objective", ("embedding_dim",), uses_graph=False),
-        ModelSpec("lightgcn", "LightGCN", "bpr_objective", ("embedding_dim", "num_layers")),
+        ModelSpec("mf", "MF", "rec_objective", ("embedding_dim",), uses_graph=False),
+        ModelSpec("lightgcn", "LightGCN", "rec_objective", ("embedding_dim", "num_layers")),
         ModelSpec(
             "simgcl",
             "SimGCL",

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from recsys.config import TrainConfig
 from recsys.data.dataset import Dataset
-from recsys.data.protocol import TEST_SPLIT, excluded_splits
+from recsys.data.protocol import TEST_SPLIT, excluded_splits, held_out_splits
 from recsys.data.sampling import NegativeSampler
 from recsys.errors import InputError
 from recsys.evaluation.ranking import evaluate_embeddings
@@ -102,6 +102,7 @@ def fit(
     progress: bool = True,
     callback: Callable[[dict[str, Any]], None] | None = None,
     init: WarmStart | None = None,
+    refit_steps: int | None = None,
 ) -> TrainResult:
     """Train ``cfg.model`` on ``dataset`` and return the selected model.
 
@@ -115,29 +116,36 @@ def fit(
         callback: Called with each epoch's record (the one extension point).
         init: Start from a trained artifact's layer 0 (:mod:`recsys.training.warmstart`) instead of the random
             init; only on a fresh start (a resumed run continues its checkpoint's weights).
+        refit_steps: Run ``cfg.refit``'s refit instead (:func:`recsys.training.jobs.train_artifact` runs it
+            after selection): train on the splits it learns for exactly this many steps, without selection.
 
     Returns:
-        The selected model, its embeddings and metrics.
+        The selected model (a refit: the last weights, with empty ``selection``), its embeddings and metrics.
     """
     cfg = cfg.resolved()
     start = time.perf_counter()
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    run = prepare_run(dataset, cfg, device, init=None if resume else init)
+    run = prepare_run(dataset, cfg, device, init=None if resume else init, refit_steps=refit_steps)
     state = TrainState()
     if resume:
         if checkpoint_dir is None or not (checkpoint_dir / CHECKPOINT_FILE).is_file():
             msg = f"--resume: no checkpoint at {checkpoint_dir}/{CHECKPOINT_FILE}"
             raise InputError(msg)
         state = load_checkpoint(checkpoint_dir, run)
-        logger.info(
-            "resumed from epoch %d (best %s %.4f at epoch %d)",
-            state.epoch,
-            cfg.metric,
-            state.best_value,
-            state.best_epoch,
-        )
+        if refit_steps is not None:
+            logger.info(
+                "resumed the refit from epoch %d (step %d of %d)", state.epoch, state.step, refit_steps
+            )
+        else:
+            logger.info(
+                "resumed from epoch %d (best %s %.4f at epoch %d)",
+                state.epoch,
+                cfg.metric,
+                state.best_value,
+                state.best_epoch,
+            )
 
     def after_epoch(record: dict[str, Any]) -> None:
         if checkpoint_dir is not None:
@@ -229,28 +237,32 @@ def train_epochs(
 
     Rank 0 alone validates and keeps the best weights in ``state``; it broadcasts whether to stop (see
     :func:`should_stop`), so every replica leaves the loop after the same epoch. ``after_epoch`` gets each
-    epoch's record (losses averaged over all replicas; the selection metrics on rank 0 only).
+    epoch's record (losses averaged over all replicas; the selection metrics on rank 0 only). A refit
+    (``run.refit_steps``) neither validates nor stops early: it ends at exactly that step, inside an epoch.
     """
-    cfg = run.cfg
+    cfg, budget = run.cfg, run.refit_steps
     with deterministic_algorithms():
-        while state.epoch < cfg.epochs and not state.stopped:
+        while (
+            (state.step < budget) if budget is not None else (state.epoch < cfg.epochs and not state.stopped)
+        ):
             epoch = state.epoch + 1
             tic = time.perf_counter()
             run.model.train()
             run.negatives.refresh(run.model, run.adj, epoch)  # meta-node k-means; else a no-op
             batches = epoch_batches(run.pairs, run.sampler, cfg.batch_size, run.sample_rng)
-            sums = replica.sum(
-                train_epoch(run, batches, replica, desc=f"epoch {epoch}/{cfg.epochs}", progress=progress)
-            )
+            desc = f"epoch {epoch}/{cfg.epochs}"
+            if budget is not None:  # steps, not epochs: an epoch over the refit's pairs holds more steps
+                batches = batches[: budget - state.step]
+                desc = f"refit epoch {epoch} (to step {budget:,})"
+            sums = replica.sum(train_epoch(run, batches, replica, desc=desc, progress=progress))
+            rows = sum(batch.users.numel() for batch in batches)  # all pairs but in a refit's last epoch
             record: dict[str, Any] = {"epoch": epoch}
-            record.update(
-                {k: round(v, 6) for k, v in zip(LOSS_TERMS, (sums / run.pairs.size(1)).tolist(), strict=True)}
-            )
+            record.update({k: round(v, 6) for k, v in zip(LOSS_TERMS, (sums / rows).tolist(), strict=True)})
             record.update(run.negatives.epoch_stats())  # probe_gap, probe_grad_cos when probing
             state.step += len(batches)
             record["step"] = state.step
             record["train_seconds"] = round(time.perf_counter() - tic, 3)
-            if replica.rank == 0 and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
+            if budget is None and replica.rank == 0 and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
                 metrics = _evaluate(run.model, run.adj, run.truth, run.exclude, run.ks)
                 record[run.eval_split] = metrics
                 value = metrics[cfg.metric]
@@ -263,7 +275,8 @@ def train_epochs(
             state.epoch = epoch
             state.history.append(record)
             if replica.rank == 0:
-                logger.info(_describe(record, run.eval_split, cfg.metric))
+                text = _describe(record, run.eval_split, cfg.metric)
+                logger.info(text if budget is None else f"refit {text}  step {state.step:,}/{budget:,}")
             after_epoch(record)
         if state.stopped and replica.rank == 0:
             logger.info(
@@ -315,18 +328,25 @@ def should_stop(cfg: TrainConfig, step: int, best_step: int) -> bool:
 def finish_run(run: TrainRun, state: TrainState, *, start: float) -> TrainResult:
     """Load the selected weights, test them once, and map everything back to the dataset's labels.
 
+    A refit keeps its last weights and has no selection; it is tested only if it did not learn test.
+
     Args:
         run: The run, after its epochs.
         state: Rank 0's state (the best weights and the history).
         start: ``time.perf_counter()`` at the start of the run, for the wall time.
     """
     cfg, model, adj, order = run.cfg, run.model, run.adj, run.order
-    model.load_state_dict(state.best_state)
-    selection = next(r[run.eval_split] for r in state.history if r["epoch"] == state.best_epoch)
+    refit = cfg.refit if run.refit_steps is not None else "none"
+    selection: dict[str, float] = {}
+    if run.refit_steps is None:
+        model.load_state_dict(state.best_state)
+        selection = next(r[run.eval_split] for r in state.history if r["epoch"] == state.best_epoch)
     if run.eval_split == TEST_SPLIT:  # the paper protocol selects on test: its best epoch is the report
         test = selection
+    elif TEST_SPLIT not in held_out_splits(cfg.protocol, refit):  # refit "all": no held-out figures
+        test = {}
     else:
-        test_exclude = run.dataset.pairs(excluded_splits(TEST_SPLIT, cfg.protocol))
+        test_exclude = run.dataset.pairs(excluded_splits(TEST_SPLIT, cfg.protocol, refit))
         test_pairs, test_exclude = order.pairs(run.dataset.split(TEST_SPLIT)), order.pairs(test_exclude)
         test = _evaluate(model, adj, test_pairs.to(run.device), test_exclude.to(run.device), run.ks)
     embeddings = Embeddings(*order.restore(*model.get_embedding(adj)))

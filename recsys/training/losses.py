@@ -410,6 +410,203 @@ def _blocked_softmax(
     return log_sum, grad_q, grad_c
 
 
+def softmax_loss(
+    anchors: Tensor,
+    keys: Tensor,
+    positive_index: Tensor,
+    temperature: float,
+    log_q: Tensor | None = None,
+    *,
+    cosine: bool = True,
+) -> Tensor:
+    r"""Softmax (cross-entropy) loss of each anchor's positive key among all the keys, mean over the anchors.
+
+    The recommendation loss of the sampled softmax (SSM, Wu et al., arXiv 2201.02327) and of its full form.
+    With :math:`s_{bc} = z_b \cdot k_c` (the rows L2-normalised when ``cosine``: cosine similarities), τ
+    the temperature and :math:`\delta_c` the log-Q correction of key c (0 when ``log_q`` is ``None``),
+
+    .. math::
+        \mathcal{L}_{SM} = \frac{1}{B} \sum_b \Big[ \log \sum_{c=1}^{C} \exp(s_{bc}/\tau - \delta_c)
+            - s_{b\,p(b)} / \tau \Big]
+
+    The positive's own term stays in the denominator (as in SSM and InfoNCE); the numerator is not
+    corrected, so that with :math:`\delta_c = \log E[n_c]`, the expected number of times key c is in a
+    sample, the denominator estimates :math:`\sum_{j \in \mathcal{I}} \exp(s_{bj}/\tau)` and the loss the
+    full softmax's (Bengio & Senécal; Yi et al., RecSys 2019). Correcting the numerator too would only add
+    a constant: the gradient is the same. With the keys being every item and no correction it *is* the
+    full softmax.
+
+    Computed by blocks of rows with its gradients (:class:`_SoftmaxCrossEntropy`): the ``(B, C)`` logit
+    matrix is never whole.
+
+    Args:
+        anchors: The users' rows, shape ``(B, d)``.
+        keys: The candidate items' rows, shape ``(C, d)``; may repeat an item (each copy is a term).
+        positive_index: Row of each anchor's positive in ``keys``, shape ``(B,)``, int64.
+        temperature: τ.
+        log_q: Optional :math:`\delta`, shape ``(C,)``; no gradient flows into it.
+        cosine: Normalise the rows first (cosine similarity); ``False`` scores by the raw dot product.
+
+    Returns:
+        The loss, a 0-dim tensor.
+    """
+    a, k = (F.normalize(anchors, dim=1), F.normalize(keys, dim=1)) if cosine else (anchors, keys)
+    bias = None if log_q is None else log_q.detach().to(k.dtype).neg()
+    loss: Tensor = _SoftmaxCrossEntropy.apply(a * (1.0 / temperature), k, positive_index, bias)
+    return loss
+
+
+class _SoftmaxCrossEntropy(torch.autograd.Function):
+    r"""``mean_b [logsumexp_c(q_b · k_c + β_c) - q_b · k_{p(b)}]``, its gradients computed with it, by blocks.
+
+    Why: as for :class:`_InBatchInfoNCE`, the ``(B, C)`` logits are the cost (B = 2,048 rows against 2,048
+    in-batch and M shared keys); :func:`_blocked_softmax` computes a block of rows at a time, exponentiates
+    it and multiplies it into :math:`P k` and :math:`P^T q`, so the gradients
+    :math:`\partial L / \partial q = (P k - k_{p}) / B` and :math:`\partial L / \partial k = (P^T q - \sum
+    q \text{ at each positive}) / B` come out of the forward without the matrix being kept. No double
+    backward.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, queries: Tensor, keys: Tensor, positive_index: Tensor, bias: Tensor | None
+    ) -> Tensor:
+        b = queries.size(0)
+        need_q, need_k = ctx.needs_input_grad[:2]
+        log_sum, p_k, p_t_q = _blocked_softmax(queries, keys, bias, need_q, need_k)
+        positive_keys = keys.index_select(0, positive_index)
+        loss = (log_sum - (queries * positive_keys).sum(dim=1)).mean()
+        grad_q = None if p_k is None else p_k.sub_(positive_keys).div_(b)
+        grad_k = None
+        if p_t_q is not None:
+            grad_k = p_t_q.index_add_(0, positive_index, queries, alpha=-1.0).div_(b)
+        ctx.save_for_backward(grad_q, grad_k)
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        grad_q, grad_k = ctx.saved_tensors
+        return (
+            None if grad_q is None else grad_q * grad,
+            None if grad_k is None else grad_k * grad,
+            None,
+            None,
+        )
+
+
+def bilateral_positive(
+    scores: Tensor, groups: Tensor, temperature: float, positive_temperature: float
+) -> Tensor:
+    r"""BSL's positive side: a log-mean-exp over each user's positives, at the temperature τ₂.
+
+    With :math:`s_b` the score of row b's (user, positive) pair and :math:`G(b)` the rows of the same user,
+
+    .. math::
+        \pi_b = \frac{\tau_2}{\tau} \log \frac{1}{|G(b)|} \sum_{b' \in G(b)} \exp(s_{b'} / \tau_2)
+
+    (Wu et al., ICDE 2024, arXiv 2312.12882: the Log-Expectation-Exp of the softmax's negative side applied
+    to the positives, scaled by 1/τ as the negative side is). It weighs a user's positives by
+    :math:`\operatorname{softmax}(s/\tau_2)`: a low-scored (likely noisy) positive pulls less. As
+    :math:`\tau_2 \to \infty` it is the mean of :math:`s/\tau` over the group (the softmax loss's positive
+    term); a user with one row has :math:`\pi_b = s_b/\tau` for any τ₂.
+
+    Args:
+        scores: :math:`s_b`, shape ``(B,)``.
+        groups: The user of each row as a group id, shape ``(B,)``, int64 in ``[0, G)``.
+        temperature: τ, the softmax's.
+        positive_temperature: τ₂.
+
+    Returns:
+        :math:`\pi`, shape ``(B,)``.
+    """
+    x = scores / positive_temperature
+    size = int(groups.max()) + 1 if groups.numel() else 0
+    # The group maximum only keeps exp() in range; the value does not depend on it, so no gradient.
+    peak = torch.full((size,), float("-inf"), dtype=x.dtype, device=x.device)
+    peak = peak.scatter_reduce(0, groups, x.detach(), reduce="amax").index_select(0, groups)
+    sums = torch.zeros(size, dtype=x.dtype, device=x.device).index_add(0, groups, (x - peak).exp())
+    counts = torch.bincount(groups, minlength=size).to(x.dtype)
+    log_mean = (sums / counts).log().index_select(0, groups) + peak
+    return log_mean * (positive_temperature / temperature)
+
+
+def bsl_loss(
+    anchors: Tensor,
+    keys: Tensor,
+    positive_index: Tensor,
+    groups: Tensor,
+    temperature: float,
+    positive_temperature: float,
+    log_q: Tensor | None = None,
+    *,
+    cosine: bool = True,
+) -> Tensor:
+    r"""Bilateral softmax loss (BSL): :func:`softmax_loss` with a log-mean-exp over each user's positives.
+
+    With the notation of :func:`softmax_loss` and :math:`\pi_b` of :func:`bilateral_positive` (the
+    positive scores :math:`s_b = s_{b\,p(b)}`, grouped by user),
+
+    .. math::
+        \mathcal{L}_{BSL} = \frac{1}{B} \sum_b \Big[ \log \sum_{c} \exp(s_{bc}/\tau - \delta_c) - \pi_b \Big]
+            = \mathcal{L}_{SM} + \frac{1}{B} \sum_b \big( s_b / \tau - \pi_b \big)
+
+    Within a mini-batch a user's positives are its rows in the batch, as in the authors' code (its
+    ``multi`` mode); with each user once in the batch BSL equals the softmax loss.
+
+    Args:
+        anchors: The users' rows, shape ``(B, d)``.
+        keys: The candidate items' rows, shape ``(C, d)``.
+        positive_index: Row of each anchor's positive in ``keys``, shape ``(B,)``, int64.
+        groups: The user of each row as a group id, shape ``(B,)``, int64 in ``[0, G)``.
+        temperature: τ (the negative side's).
+        positive_temperature: τ₂ (the positive side's).
+        log_q: Optional log-Q correction δ of the keys, shape ``(C,)``.
+        cosine: Score by cosine similarity (else the raw dot product).
+
+    Returns:
+        The loss, a 0-dim tensor.
+    """
+    softmax = softmax_loss(anchors, keys, positive_index, temperature, log_q, cosine=cosine)
+    return softmax + bilateral_gap(
+        anchors, keys[positive_index], groups, temperature, positive_temperature, cosine
+    )
+
+
+def bilateral_gap(
+    anchors: Tensor,
+    positives: Tensor,
+    groups: Tensor,
+    temperature: float,
+    positive_temperature: float,
+    cosine: bool = True,
+) -> Tensor:
+    r"""What BSL adds to a softmax loss with the same denominator.
+
+    .. math::
+        \Delta_{BSL} = \frac{1}{B} \sum_b \big( s_b / \tau - \pi_b \big)
+
+    with :math:`s_b` the (cosine) score of row b's pair and :math:`\pi_b` of :func:`bilateral_positive`. Its
+    own function so that any denominator (sampled, full, meta-node) becomes BSL by adding it.
+
+    Args:
+        anchors: The users' rows, shape ``(B, d)``.
+        positives: Their positive items' rows, shape ``(B, d)``.
+        groups: The user of each row as a group id, shape ``(B,)``, int64.
+        temperature: τ.
+        positive_temperature: τ₂.
+        cosine: Score by cosine similarity (else the raw dot product).
+
+    Returns:
+        A 0-dim tensor, :math:`\le 0` (a mean of exponentials is at least the exponential of the mean).
+    """
+    a, p = (F.normalize(anchors, dim=1), F.normalize(positives, dim=1)) if cosine else (anchors, positives)
+    scores = (a * p).sum(dim=1)
+    return (
+        scores / temperature - bilateral_positive(scores, groups, temperature, positive_temperature)
+    ).mean()
+
+
 def l2_reg(*embeddings: Tensor) -> Tensor:
     r"""L2 regulariser as in the SimGCL/XSimGCL authors' code: :math:`\sum_e \lVert e \rVert_F / B_e`.
 

@@ -1,5 +1,9 @@
 """Full-population InfoNCE negatives for SimGCL/XSimGCL: spherical k-means, the per-run state, the probe.
 
+The same state serves the recommendation softmax (``rec_loss`` softmax or bsl, :class:`RecNegatives`): its
+popularity for the log-Q correction, its shared negatives, and meta-nodes over every item for its
+``metanode`` denominator.
+
 Design: ``docs/metanode.md``. The losses themselves are the pure functions
 :func:`recsys.training.losses.info_nce_full` and :func:`recsys.training.losses.info_nce_metanode`; this module
 holds what they need between steps: the hard cluster assignment of every user and every item (refreshed by
@@ -15,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recsys.config import CL_NEGATIVES, TrainConfig
+from recsys.config import CL_NEGATIVES, REC_DENOMINATORS, TrainConfig
+from recsys.data.sampling import SharedNegatives
+from recsys.models.base import Views
 from recsys.training.losses import info_nce, info_nce_full, info_nce_metanode
 
 WARM_ITERS = 3  # Lloyd iterations of a warm-started refresh
@@ -124,6 +130,11 @@ class ContrastiveNegatives:
     side's k-means centroids and assignment, refreshed by :meth:`refresh` at the start of an epoch (a no-op
     in the other modes), and saved in checkpoints through :meth:`state_dict`.
 
+    It also carries the run's other negatives, those of the recommendation softmax (``rec``, a
+    :class:`RecNegatives` when ``rec_loss`` is not ``bpr``), and refreshes, reports and checkpoints them with
+    its own: the run keeps one object of negatives, so the loop and the checkpoints need not know which loss
+    has state.
+
     Args:
         mode: ``in_batch`` (SimGCL as published), ``full`` (exact full-negative InfoNCE) or ``metanode``.
         num_clusters: K per side, clipped to N.
@@ -139,6 +150,10 @@ class ContrastiveNegatives:
             and record the gap and the gradient cosine (see :meth:`epoch_stats`); 0 turns it off. Sides
             that use the exact loss (``full_below``) are not probed.
         generator: Seeded generator for k-means (needed for ``metanode``).
+        keys: Which view the meta-nodes cluster: ``contrastive`` (XSimGCL's layer l*, else the final
+            output: the InfoNCE keys) or ``final`` (the output the recommendation loss scores).
+        sides: The sides clustered and probed: users 0, items 1.
+        rec: The recommendation softmax's negatives, or ``None`` (BPR).
     """
 
     def __init__(
@@ -154,9 +169,15 @@ class ContrastiveNegatives:
         key_weights: tuple[Tensor, Tensor] | None = None,
         probe_every: int = 0,
         generator: torch.Generator | None = None,
+        keys: str = "contrastive",
+        sides: tuple[int, ...] = (0, 1),
+        rec: RecNegatives | None = None,
     ) -> None:
         if mode not in CL_NEGATIVES:
             msg = f"mode must be one of {', '.join(CL_NEGATIVES)}, got {mode!r}"
+            raise ValueError(msg)
+        if keys not in ("contrastive", "final") or not set(sides) <= {0, 1}:
+            msg = f"keys must be 'contrastive' or 'final' and sides among (0, 1), got {keys!r}, {sides}"
             raise ValueError(msg)
         if mode == "metanode" and generator is None:
             msg = "mode 'metanode' needs a seeded generator for k-means"
@@ -165,6 +186,7 @@ class ContrastiveNegatives:
         self.refresh_epochs, self.kmeans_iters, self.full_below = refresh_epochs, kmeans_iters, full_below
         self.detach = detach
         self.key_weights, self.probe_every, self.generator = key_weights, probe_every, generator
+        self.keys, self.sides, self.rec = keys, sides, rec
         self.centroids: list[Tensor | None] = [None, None]
         self.assignment: list[Tensor | None] = [None, None]
         self.steps = [0, 0]  # loss calls per side, for the probe schedule
@@ -199,6 +221,7 @@ class ContrastiveNegatives:
             key_weights=weights,
             probe_every=cfg.metanode_probe_every,
             generator=generator,
+            rec=RecNegatives.from_config(cfg, train_pairs, num_items),
         )
 
     @torch.no_grad()
@@ -206,17 +229,27 @@ class ContrastiveNegatives:
         """Re-cluster each side's keys if ``epoch`` (1-based) is a refresh epoch; otherwise a no-op.
 
         Also a no-op unless the mode is ``metanode``, and for a side small enough for the exact loss.
+        The recommendation softmax's meta-nodes (``rec``) are refreshed here too, from the same pass.
 
         The keys clustered are the model's clean (unperturbed) contrastive view, ``views.cl`` when the
         model has one (XSimGCL: layer l*) and ``views.final`` otherwise (SimGCL): the noise-free version of
-        the vectors the meta-nodes average.
+        the vectors the meta-nodes average. With ``keys="final"``, ``views.final``.
         """
-        if self.mode != "metanode" or (epoch - 1) % self.refresh_epochs:
-            return
+        inner = None if self.rec is None else self.rec.metanode
+        due = [state for state in (self, inner) if state is not None and state._due(epoch)]
+        if due:
+            views = model(adj)
+            for state in due:
+                state._recluster(views)
+
+    def _due(self, epoch: int) -> bool:
+        return self.mode == "metanode" and (epoch - 1) % self.refresh_epochs == 0
+
+    def _recluster(self, views: Views) -> None:
         assert self.generator is not None
-        views = model(adj)
-        keys = views.cl if views.cl is not None else views.final
-        for side, x in enumerate(keys):
+        keys = views.cl if self.keys == "contrastive" and views.cl is not None else views.final
+        for side in self.sides:
+            x = keys[side]
             if x.size(0) <= self.full_below:
                 continue
             warm = self.centroids[side]
@@ -242,10 +275,27 @@ class ContrastiveNegatives:
         """
         if self.mode == "in_batch":
             return info_nce(view_a[nodes], view_b[nodes], temperature)
-        anchors = view_a[nodes]
+        return self.anchored_loss(view_a[nodes], view_b, nodes, side, temperature)
+
+    def anchored_loss(
+        self, anchors: Tensor, keys: Tensor, positive_index: Tensor, side: int, temperature: float
+    ) -> Tensor:
+        """InfoNCE of ``anchors`` against every key of one side, exact (``full``) or through the meta-nodes.
+
+        Args:
+            anchors: The anchor rows, shape ``(B, d)``: a side's nodes in the first view, or (for the
+                recommendation softmax) the batch's users.
+            keys: Every node of the side, shape ``(N, d)``.
+            positive_index: Row of each anchor's positive in ``keys``, shape ``(B,)``.
+            side: 0 for users, 1 for items (selects the assignment and the key weights).
+            temperature: τ.
+
+        Returns:
+            :func:`recsys.training.losses.info_nce_full` or its meta-node estimate, a 0-dim tensor.
+        """
         weight = None if self.key_weights is None else self.key_weights[side]
-        if self.mode == "full" or view_b.size(0) <= self.full_below:
-            return info_nce_full(anchors, view_b, nodes, temperature, weight)
+        if self.mode == "full" or keys.size(0) <= self.full_below:
+            return info_nce_full(anchors, keys, positive_index, temperature, weight)
         assignment, centroids = self.assignment[side], self.centroids[side]
         if assignment is None or centroids is None:
             msg = f"no {_SIDES[side]} clusters yet: call refresh(model, adj, epoch) before the first step"
@@ -253,8 +303,8 @@ class ContrastiveNegatives:
         clusters = _Clusters(assignment, centroids.size(0), self._order(side, assignment))
         self.steps[side] += 1
         if self.probe_every and self.steps[side] % self.probe_every == 0:
-            self._probe(anchors, view_b, nodes, clusters, weight, temperature)
-        return self._metanode(anchors, view_b, nodes, clusters, weight, temperature)
+            self._probe(anchors, keys, positive_index, clusters, weight, temperature)
+        return self._metanode(anchors, keys, positive_index, clusters, weight, temperature)
 
     def _order(self, side: int, assignment: Tensor) -> Tensor:
         """``argsort(assignment)``, computed once per assignment (a refresh or a load makes a new one)."""
@@ -309,12 +359,16 @@ class ContrastiveNegatives:
         self._probe_sums.append(torch.stack([(full - meta).detach(), cos]))
 
     def epoch_stats(self) -> dict[str, float]:
-        """Mean probe gap and gradient cosine since the last call (``{}`` when nothing was probed); resets."""
+        """Mean probe gap and gradient cosine since the last call (``{}`` when nothing was probed); resets.
+
+        The recommendation softmax's probe, if any, follows as ``rec_probe_gap`` and ``rec_probe_grad_cos``.
+        """
+        stats = {} if self.rec is None else self.rec.epoch_stats()
         if not self._probe_sums:
-            return {}
+            return stats
         gap, cos = torch.stack(self._probe_sums).mean(0).tolist()
         self._probe_sums = []
-        return {"probe_gap": round(gap, 6), "probe_grad_cos": round(cos, 6)}
+        return {"probe_gap": round(gap, 6), "probe_grad_cos": round(cos, 6), **stats}
 
     def state_dict(self) -> dict[str, Any]:
         """The clusters, the step counters and the generator, as tensors (``weights_only`` loadable)."""
@@ -325,6 +379,8 @@ class ContrastiveNegatives:
             if self.centroids[side] is not None:
                 state[f"{name}_centroids"] = self.centroids[side]
                 state[f"{name}_assignment"] = self.assignment[side]
+        if self.rec is not None:
+            state["rec"] = self.rec.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -338,3 +394,91 @@ class ContrastiveNegatives:
             assignment = state.get(f"{name}_assignment")
             self.centroids[side] = None if centroids is None else centroids.to(device)
             self.assignment[side] = None if assignment is None else assignment.to(device)
+        if self.rec is not None:
+            self.rec.load_state_dict(state.get("rec", {}))
+
+
+class RecNegatives:
+    r"""Per-run state of the recommendation softmax's negatives (``rec_loss`` softmax or bsl).
+
+    The shared negatives of a batch and their log-Q correction (:class:`recsys.data.sampling.SharedNegatives`,
+    from the items' training popularity), and for the ``metanode`` denominator the meta-nodes of every item:
+    an item-side :class:`ContrastiveNegatives` whose keys are the final item embeddings the loss scores.
+
+    Args:
+        shared: The shared negatives (M items per batch; with M = 0 the in-batch ones alone).
+        denominator: ``sampled`` (in-batch and shared items), ``full`` (every item) or ``metanode``.
+        metanode: The items' meta-node state, for ``metanode``; else ``None``.
+    """
+
+    def __init__(
+        self,
+        shared: SharedNegatives,
+        *,
+        denominator: str = "sampled",
+        metanode: ContrastiveNegatives | None = None,
+    ) -> None:
+        if denominator not in REC_DENOMINATORS:
+            msg = f"denominator must be one of {', '.join(REC_DENOMINATORS)}, got {denominator!r}"
+            raise ValueError(msg)
+        if (denominator == "metanode") != (metanode is not None):
+            msg = "the metanode denominator needs its meta-node state, and only it has one"
+            raise ValueError(msg)
+        self.shared, self.denominator, self.metanode = shared, denominator, metanode
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, train_pairs: Tensor, num_items: int) -> RecNegatives | None:
+        """The state a run of ``cfg`` needs (``None`` for BPR), from the training pairs ``(2, E)``.
+
+        The meta-nodes take the ``metanode_*`` options (clusters, order, refresh, k-means, probe; key
+        weights uniform: the softmax is over every item once); their k-means generator is seeded with
+        ``cfg.seed + 4`` on the pairs' device.
+        """
+        if cfg.rec_loss == "bpr":
+            return None
+        metanode = None
+        if cfg.rec_denominator == "metanode":
+            metanode = ContrastiveNegatives(
+                "metanode",
+                num_clusters=cfg.metanode_clusters,
+                second_order=cfg.metanode_second_order,
+                refresh_epochs=cfg.metanode_refresh_epochs,
+                kmeans_iters=cfg.metanode_kmeans_iters,
+                full_below=cfg.metanode_full_below,
+                detach=cfg.metanode_detach,
+                probe_every=cfg.metanode_probe_every,
+                generator=torch.Generator(device=train_pairs.device).manual_seed(cfg.seed + 4),
+                keys="final",
+                sides=(1,),
+            )
+        shared = SharedNegatives.from_pairs(train_pairs, num_items, cfg.rec_negatives, cfg.rec_pool)
+        return cls(shared, denominator=cfg.rec_denominator, metanode=metanode)
+
+    def metanode_loss(
+        self, anchors: Tensor, keys: Tensor, positive_index: Tensor, temperature: float
+    ) -> Tensor:
+        """The softmax over every item through the meta-nodes (:meth:`ContrastiveNegatives.anchored_loss`).
+
+        Args:
+            anchors: The batch's users, shape ``(B, d)``.
+            keys: Every item's final embedding, shape ``(I, d)``.
+            positive_index: Each row's positive item, shape ``(B,)``.
+            temperature: τ.
+        """
+        assert self.metanode is not None, "the metanode denominator only"
+        return self.metanode.anchored_loss(anchors, keys, positive_index, 1, temperature)
+
+    def epoch_stats(self) -> dict[str, float]:
+        """The meta-node probe's means since the last call, as ``rec_probe_gap``, ``rec_probe_grad_cos``."""
+        if self.metanode is None:
+            return {}
+        return {f"rec_{name}": value for name, value in self.metanode.epoch_stats().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The meta-node state (clusters, step counter, k-means generator); nothing else changes in a run."""
+        return {} if self.metanode is None else self.metanode.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved."""
+        if self.metanode is not None:
+            self.metanode.load_state_dict(state)

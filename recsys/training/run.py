@@ -59,6 +59,8 @@ class TrainRun:
         truth: The selection split's pairs, training labels, on ``device``.
         exclude: Pairs masked when evaluating it, training labels, on ``device``.
         ks: Cut-offs of the metrics.
+        refit_steps: For a refit (``cfg.refit``, after selection): train on the refit's splits for exactly
+            this many steps, without selection; ``None`` for a selection run.
     """
 
     dataset: Dataset
@@ -79,6 +81,7 @@ class TrainRun:
     truth: Tensor
     exclude: Tensor
     ks: tuple[int, ...]
+    refit_steps: int | None = None
 
 
 NOISE_SEED_STRIDE = 2**32  # replica r's noise seed is seed + 2 + r * stride: no other run's stream reuses it
@@ -91,16 +94,18 @@ def prepare_run(
     *,
     rank: int = 0,
     init: WarmStart | None = None,
+    refit_steps: int | None = None,
 ) -> TrainRun:
     """Build the graph, model, optimiser, sampler and generators of a run of resolved ``cfg``.
 
     Every replica builds the same run (same initial weights, same sampling stream, so the shards of each
     epoch partition one global permutation), except for the noise stream, which is seeded per ``rank``;
     rank 0's is the single-process one. With ``init`` the random layer 0 is then overwritten by a warm
-    start (the random rows stay where nothing is known); the optimiser starts fresh either way.
+    start (the random rows stay where nothing is known); the optimiser starts fresh either way. With
+    ``refit_steps`` the run is ``cfg.refit``'s: on the splits the refit learns (:mod:`recsys.data.protocol`).
     """
     eval_split = selection_split(cfg.protocol)
-    pairs = dataset.pairs(training_splits(cfg.protocol))
+    pairs = dataset.pairs(training_splits(cfg.protocol, cfg.refit if refit_steps is not None else "none"))
     exclude = dataset.pairs(excluded_splits(eval_split, cfg.protocol))
     if pairs.size(1) == 0:
         msg = f"{dataset.path}: no training interactions"
@@ -135,6 +140,7 @@ def prepare_run(
         truth=order.pairs(dataset.split(eval_split)).to(device),
         exclude=exclude.to(device),
         ks=ks,
+        refit_steps=refit_steps,
     )
 
 
@@ -179,6 +185,7 @@ def save_checkpoint(
         "sample_rng": run.sample_rng.get_state(),
         "noise_rng": run.noise_rng.get_state(),
         "negatives": run.negatives.state_dict(),
+        "refit_steps": run.refit_steps,
     }
     if noise_rngs is not None:
         payload["noise_rngs"] = noise_rngs
@@ -203,10 +210,17 @@ def load_checkpoint(directory: Path, run: TrainRun, *, rank: int = 0) -> TrainSt
     # A key the checkpoint lacks is a field added since it was written: it ran with that field's default.
     saved = {**{f.name: f.default for f in fields(TrainConfig)}, **payload["config"]}
     # The epoch cap may change: a run can be extended, or ended where it is (a cap at the epoch reached).
-    current = {**run.cfg.to_dict(), "epochs": saved["epochs"]}
+    # So may what happens after selection (a refit keeps its own checkpoint, one directory per refit).
+    current = {**run.cfg.to_dict(), **{k: saved[k] for k in ("epochs", "refit", "baseline_check")}}
     if saved != current:
         changed = sorted(k for k, v in current.items() if saved.get(k) != v)
         msg = f"--resume: the checkpoint at {path} was made with a different config ({', '.join(changed)})"
+        raise InputError(msg)
+    if payload.get("refit_steps") != run.refit_steps:  # absent: written before refits, by a selection run
+        msg = (
+            f"--resume: the checkpoint at {path} is of a {_run_kind(payload.get('refit_steps'))}, "
+            f"not of a {_run_kind(run.refit_steps)}"
+        )
         raise InputError(msg)
     run.model.load_state_dict(payload["model"])
     run.optimizer.load_state_dict(payload["optimizer"])
@@ -223,3 +237,7 @@ def load_checkpoint(directory: Path, run: TrainRun, *, rank: int = 0) -> TrainSt
         best_state=payload["best_state"],
         history=payload["history"],
     )
+
+
+def _run_kind(refit_steps: int | None) -> str:
+    return "selection run" if refit_steps is None else f"refit of {refit_steps:,} steps"
