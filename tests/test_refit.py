@@ -1,4 +1,4 @@
-"""Refit after selection (``recsys train --refit``) and the below-baseline warning (issue 22, parts 4, 1b)."""
+"""Refit after selection (``recsys train --refit``) and the below-baseline warning."""
 
 import json
 import logging
@@ -16,7 +16,7 @@ from recsys.config import TrainConfig, config_from_dict
 from recsys.data.dataset import load_dataset
 from recsys.data.protocol import excluded_splits
 from recsys.errors import InputError
-from recsys.evaluation.evaluate import evaluate_split
+from recsys.evaluation.evaluate import evaluate_artifact, evaluate_split
 from recsys.inference.recommend import Recommender
 from recsys.training.distributed import ScaleConfig
 from recsys.training.jobs import train_artifact
@@ -98,6 +98,13 @@ def test_refit_learns_and_masks_valid_for_the_selected_step_count(planted_dir, t
     art = load_artifact(out)
     assert seen_set(art) == pair_set(data.train) | pair_set(data.valid)
     assert art.trained_splits == ("train", "valid") and art.held_out_splits == ("test",)
+    # Evaluated, the refit model's test figures are its own, and the filters see train ∪ valid as it did.
+    report = evaluate_artifact(out, planted_dir, split="test", ks=(20,), baselines=("popular",))
+    assert report.model is not None and report.model.metrics["recall@20"] == pytest.approx(
+        result.test["recall@20"]
+    )
+    with pytest.raises(InputError, match="refit 'valid'"):
+        evaluate_artifact(out, planted_dir, split="valid", baselines=())
     raw_users = art.users.sort("user_idx")["raw_id"].to_list()
     raw_items = art.items.sort("item_idx")["raw_id"].to_list()
     recs = Recommender(art).recommend(raw_users, k=30)
@@ -131,6 +138,8 @@ def test_refit_all_learns_test_and_says_it_has_no_held_out_figures(planted_dir, 
         InputError, match="refit 'all' trains on train ∪ valid ∪ test, so no split is held out"
     ):
         excluded_splits("test", art.protocol, art.refit)
+    with pytest.raises(InputError, match="no split is held out"):  # `recsys evaluate` refuses it too
+        evaluate_artifact(out, planted_dir, split="test", baselines=())
     # The config round-trips: the file's values, the flag, and back through `recsys train --config`.
     saved = json.loads((out / "config.json").read_text())["config"]
     assert (saved["refit"], saved["baseline_check"], saved["epochs"]) == ("all", False, 3)

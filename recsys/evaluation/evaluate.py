@@ -387,6 +387,10 @@ def evaluate_artifact(
         logger.warning("warning: %s", warning)
     if protocol is None:
         protocol = artifact.protocol
+    # A split the model learned (a refit's) has no honest figures: refuse it, naming the held-out splits.
+    excluded_splits(kwargs.get("split", "test"), protocol, artifact.refit)
+    if artifact.refit != "none":  # the filters then see the pairs the model learned, as the row says
+        kwargs.setdefault("filter_pairs", "+".join(artifact.trained_splits))
     report = evaluate_split(
         dataset,
         artifact.user_emb,
